@@ -1,0 +1,360 @@
+//! Mistral / Llama decoder (transformers' `MistralForCausalLM` / `LlamaForCausalLM`) that takes
+//! input embeddings, per-row positions and an arbitrary additive attention mask, keeps a
+//! forkable KV cache, and computes logits only at the positions asked for.
+//!
+//! Numerics follow the reference's eager path: RMSNorm in f32 then cast, rotary tables in f32
+//! (`pos * inv_freq`), attention scores softmaxed in f32 after adding the mask.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use crate::config::{Activation, TextConfig};
+use crate::error::{Error, Result};
+use crate::lora::Linear;
+use crate::weights::Weights;
+
+/// Additive mask value for a blocked position (finite, so fully padded rows stay NaN-free).
+pub const MASKED: f32 = f32::MIN;
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.get(&[dim], "weight")?, eps })
+    }
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
+        normed.broadcast_mul(&self.weight)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, c: &TextConfig) -> Result<Self> {
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let b = c.attention_bias;
+        Ok(Self {
+            q: w.pp("q_proj").linear(h, c.num_attention_heads * hd, b)?,
+            k: w.pp("k_proj").linear(h, c.num_key_value_heads * hd, b)?,
+            v: w.pp("v_proj").linear(h, c.num_key_value_heads * hd, b)?,
+            o: w.pp("o_proj").linear(c.num_attention_heads * hd, h, b)?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let hd = self.head_dim;
+        let q = self.q.forward(xs)?.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = self.k.forward(xs)?.reshape((b, t, self.kv_heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = self.v.forward(xs)?.reshape((b, t, self.kv_heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, &rope.0, &rope.1)?;
+        let k = candle_nn::rotary_emb::rope(&k, &rope.0, &rope.1)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let s = k.dim(2)?;
+        let rep = self.heads / self.kv_heads;
+        // Grouped-query attention without copying K/V: fold the query heads of a group together.
+        let q = q.reshape((b, self.kv_heads, rep * t, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
+            .to_dtype(DType::F32)?
+            .reshape((b, self.kv_heads, rep, t, s))?
+            .broadcast_add(&mask.reshape((b, 1, 1, t, s))?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(v.dtype())?
+            .reshape((b, self.kv_heads, rep * t, s))?;
+        let ctx = probs
+            .matmul(&v)?
+            .reshape((b, self.heads, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * hd))?;
+        self.o.forward(&ctx)
+    }
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(w: &Weights, c: &TextConfig) -> Result<Self> {
+        let (h, i, b) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
+        Ok(Self {
+            gate: w.pp("gate_proj").linear(h, i, b)?,
+            up: w.pp("up_proj").linear(h, i, b)?,
+            down: w.pp("down_proj").linear(i, h, b)?,
+            act: c.hidden_act,
+        })
+    }
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.down.forward(&(self.act.apply(&self.gate.forward(xs)?)? * self.up.forward(xs)?)?)
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Per-layer keys and values of the tokens seen so far.
+///
+/// Tensors are immutable and reference-counted, so [`KvCache::fork`] shares the prefix with the
+/// original at no cost; appending to one fork never changes the other.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` decoder layers.
+    pub fn new(layers: usize) -> Self {
+        Self { layers: vec![None; layers] }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows (batch size) of the cached tensors, if any.
+    pub fn batch(&self) -> Option<usize> {
+        self.layers.first().and_then(|l| l.as_ref()).and_then(|(k, _)| k.dim(0).ok())
+    }
+
+    /// A copy sharing the cached prefix.
+    pub fn fork(&self) -> Self {
+        self.clone()
+    }
+
+    /// Repeats a single-row cache `n` times (a shared prefix for a batch).
+    pub fn expand(&self, n: usize) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                None => Ok(None),
+                Some((k, v)) => {
+                    if k.dim(0)? != 1 {
+                        return Err(Error::Input(format!("cannot expand a cache of {} rows", k.dim(0)?)));
+                    }
+                    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
+                        let mut d = x.dims().to_vec();
+                        d[0] = n;
+                        x.broadcast_as(d)?.contiguous()
+                    };
+                    Ok(Some((rep(k)?, rep(v)?)))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+}
+
+/// The language model: embeddings, decoder layers, final norm, (resized) lm_head.
+pub struct Decoder {
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    cfg: TextConfig,
+    vocab: usize,
+}
+
+impl Decoder {
+    /// Loads `language_model.model.*` and `language_model.lm_head`, keeping the first `vocab`
+    /// rows of the embeddings and lm_head (the reference's `resize_token_embeddings`).
+    pub fn load(w: &Weights, cfg: &TextConfig, vocab: usize) -> Result<Self> {
+        let m = w.pp("model");
+        let h = cfg.hidden_size;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = m.pp(format!("layers.{i}"));
+                Ok(Layer {
+                    input_norm: RmsNorm::load(&l.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
+                    attn: Attention::load(&l.pp("self_attn"), cfg)?,
+                    post_norm: RmsNorm::load(&l.pp("post_attention_layernorm"), h, cfg.rms_norm_eps)?,
+                    mlp: Mlp::load(&l.pp("mlp"), cfg)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hd = cfg.head_dim;
+        // transformers: 1 / theta ** (arange(0, d, 2).float() / d), in f32.
+        let inv_freq = (0..hd / 2)
+            .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+            .collect();
+        Ok(Self {
+            embed_tokens: m.pp("embed_tokens").get_rows(vocab, h, "weight")?,
+            layers,
+            norm: RmsNorm::load(&m.pp("norm"), h, cfg.rms_norm_eps)?,
+            lm_head: w.pp("lm_head").linear_rows(h, vocab)?,
+            inv_freq,
+            cfg: cfg.clone(),
+            vocab,
+        })
+    }
+
+    /// Rows of the output vocabulary (= tokenizer length).
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Model width.
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// Sliding attention window, if the config has one.
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.cfg.sliding_window
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token embeddings `[B, T, H]` of ids `[B, T]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let max = ids.flatten_all()?.to_dtype(DType::U32)?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= self.vocab {
+            return Err(Error::Input(format!("token id {max} is outside the vocabulary of {}", self.vocab)));
+        }
+        Ok(self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?)
+    }
+
+    fn rope_tables(&self, positions: &[Vec<u32>], device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let b = positions.len();
+        let t = positions.first().map(Vec::len).unwrap_or(0);
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for row in positions {
+            if row.len() != t {
+                return Err(Error::Input("position rows have different lengths".into()));
+            }
+            for &p in row {
+                for &f in &self.inv_freq {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, t, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (b, t, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Runs the layers over `embeds` `[B, T, H]` at rotary `positions` (`B` rows of `T`), with an
+    /// additive f32 `mask` `[B, 1, T, cache.len() + T]`, appending to `cache`. Returns the
+    /// final hidden states before the last norm, `[B, T, H]`.
+    pub fn forward(&self, embeds: &Tensor, positions: &[Vec<u32>], mask: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        let s = cache.len() + t;
+        if mask.dims() != [b, 1, t, s] {
+            return Err(Error::Input(format!("mask has shape {:?}, expected [{b}, 1, {t}, {s}]", mask.dims())));
+        }
+        if positions.len() != b {
+            return Err(Error::Input(format!("{} position rows for a batch of {b}", positions.len())));
+        }
+        if let Some(cb) = cache.batch() {
+            if cb != b {
+                return Err(Error::Input(format!("cache has {cb} rows, input has {b}")));
+            }
+        }
+        let dtype = self.embed_tokens.dtype();
+        let rope = self.rope_tables(positions, embeds.device(), dtype)?;
+        let mask = mask.to_dtype(DType::F32)?;
+        let mut x = embeds.to_dtype(dtype)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = layer.attn.forward(&layer.input_norm.forward(&x)?, &rope, &mask, kv)?;
+            let x1 = (x + h)?;
+            x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?)?)?;
+        }
+        Ok(x)
+    }
+
+    /// f32 logits `[N, vocab]` of the hidden states at flat indices `rows` (into `B * T`).
+    pub fn logits_at(&self, hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
+        let (b, t, h) = hidden.dims3()?;
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= b * t) {
+            return Err(Error::Input(format!("logit row {bad} is outside {b} x {t}")));
+        }
+        let idx = Tensor::new(rows, hidden.device())?;
+        let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
+        Ok(self.lm_head.forward(&self.norm.forward(&picked)?)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Builds an additive mask `[B, 1, T, S]` from `allowed(row, query, key)`.
+pub fn mask_from_fn(
+    b: usize,
+    t: usize,
+    s: usize,
+    device: &Device,
+    allowed: impl Fn(usize, usize, usize) -> bool,
+) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(b * t * s);
+    for r in 0..b {
+        for q in 0..t {
+            for k in 0..s {
+                data.push(if allowed(r, q, k) { 0.0 } else { MASKED });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, 1, t, s), device)?)
+}
+
+/// Causal mask for `t` new tokens after `past` cached ones, with `left_pad[r]` padding slots at
+/// the start of row `r` (never attended) and an optional sliding window over key positions.
+pub fn causal_mask(
+    left_pad: &[usize],
+    past: usize,
+    t: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let s = past + t;
+    mask_from_fn(left_pad.len(), t, s, device, |r, q, k| {
+        let qa = past + q;
+        let in_window = window.is_none_or(|w| qa - k.min(qa) < w);
+        k >= left_pad[r] && k <= qa && in_window
+    })
+}

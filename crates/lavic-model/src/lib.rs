@@ -1,0 +1,26 @@
+//! lavic-model: LLaVA-NeXT (CLIP ViT + projector + Mistral/Llama) with PEFT LoRA and LaViC's
+//! 5-token image encoder, on candle. Numerically equal to the transformers + peft reference
+//! (see `tests/fixtures/generate.py` and the golden tests).
+//!
+//! Read top-down: [`config`] -> [`weights`] / [`lora`] -> [`clip`], [`projector`], [`decoder`]
+//! -> [`resample`] / [`anyres`] -> [`prompt`] -> [`model`].
+
+pub mod anyres;
+pub mod clip;
+pub mod config;
+pub mod decoder;
+mod error;
+pub mod lora;
+pub mod model;
+pub mod projector;
+pub mod prompt;
+pub mod resample;
+pub mod weights;
+
+pub use anyres::{AnyResConfig, DecodeLimits, NUM_VIEWS};
+pub use candle_core::{DType, Device, Tensor};
+pub use decoder::KvCache;
+pub use error::{Error, Result};
+pub use model::{argmax, parse_device, parse_dtype, ImageEncoder, LavicModel, LoadOptions};
+pub use prompt::{LavicTokenizer, PromptCandidate, TokenizedPrompt};
+pub use resample::Rgb8;
