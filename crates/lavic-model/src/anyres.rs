@@ -66,6 +66,9 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8> {
             limits.max_side, limits.max_pixels
         )));
     }
+    if reader_format(bytes) == Some(image::ImageFormat::Jpeg) && !jpeg_complete(bytes) {
+        return Err(Error::Image("truncated JPEG: no end-of-image marker after the last scan".into()));
+    }
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(format!("cannot detect format: {e}")))?;
@@ -77,6 +80,21 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8> {
     let img = reader.decode().map_err(|e| Error::Image(format!("cannot decode: {e}")))?;
     let rgb = img.to_rgb8();
     Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
+}
+
+fn reader_format(bytes: &[u8]) -> Option<image::ImageFormat> {
+    image::guess_format(bytes).ok()
+}
+
+/// Whether a JPEG stream has an EOI marker after its last start-of-scan. The decoder we use
+/// fills a cut-off scan with grey instead of failing (Pillow raises "image file is truncated"),
+/// and inside entropy-coded data 0xFF is always stuffed, so these markers cannot occur by chance.
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(p) => bytes[p..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 /// Preprocessing settings, from `preprocessor_config.json` and `config.json`.

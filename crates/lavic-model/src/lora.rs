@@ -274,6 +274,13 @@ impl Adapter {
                 (m, Some(true))
             } else if let Some(m) = name.strip_suffix(".lora_B.weight") {
                 (m, Some(false))
+            } else if let Some(m) = name.strip_suffix(".base_layer.weight") {
+                // peft saves the whole (resized) base weight of a targeted lm_head / embedding
+                // (`save_embedding_layers="auto"`); it replaces the checkpoint's tensor.
+                let canon = format!("{}.weight", canonical_name(m));
+                file_keys.insert(canon.clone(), key.clone());
+                saved.insert(canon, t.to_dtype(DType::F32)?);
+                continue;
             } else if name.contains("lora_") {
                 return Err(bad(format!(
                     "tensor {key}: unsupported LoRA tensor kind (only Linear lora_A/lora_B are supported)"
