@@ -223,13 +223,13 @@ impl LlavaConfig {
             raw.vision_config.unwrap_or_else(|| serde_json::json!({})),
         )
         .map_err(|e| bad(format!("vision_config: {e}")))?;
-        if vision.image_size % vision.patch_size != 0 {
+        if !vision.image_size.is_multiple_of(vision.patch_size) {
             return Err(bad(format!(
                 "vision_config: image_size {} is not a multiple of patch_size {}",
                 vision.image_size, vision.patch_size
             )));
         }
-        if vision.hidden_size % vision.num_attention_heads != 0 {
+        if !vision.hidden_size.is_multiple_of(vision.num_attention_heads) {
             return Err(bad("vision_config: hidden_size not divisible by heads".into()));
         }
         let text_value = raw.text_config.unwrap_or_else(|| serde_json::json!({"model_type": "llama"}));
@@ -270,13 +270,13 @@ impl TextConfig {
         let hidden_size = r.hidden_size.unwrap_or(4096);
         let heads = r.num_attention_heads.unwrap_or(32);
         let kv = r.num_key_value_heads.unwrap_or(if mistral { 8 } else { heads });
-        if heads == 0 || kv == 0 || heads % kv != 0 {
+        if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
             return Err(format!(
                 "text_config: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
             ));
         }
         let head_dim = r.head_dim.unwrap_or(hidden_size / heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(format!("text_config: head_dim {head_dim} must be even for rotary embeddings"));
         }
         if let Some(scaling) = &r.rope_scaling {
@@ -404,7 +404,7 @@ mod d {
         vec![[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
     }
     pub fn clip_mean() -> [f32; 3] { [0.481_454_66, 0.457_827_5, 0.408_210_73] }
-    pub fn clip_std() -> [f32; 3] { [0.268_629_54, 0.261_302_58, 0.275_777_11] }
+    pub fn clip_std() -> [f32; 3] { [0.268_629_54, 0.261_302_6, 0.275_777_1] }
     pub fn rescale() -> f64 { 1.0 / 255.0 }
     pub fn bicubic() -> u32 { 3 }
 }

@@ -14,6 +14,7 @@ pub mod lora;
 pub mod model;
 pub mod projector;
 pub mod prompt;
+pub mod recommend;
 pub mod resample;
 pub mod weights;
 
@@ -23,4 +24,5 @@ pub use decoder::KvCache;
 pub use error::{Error, Result};
 pub use model::{argmax, parse_device, parse_dtype, ImageEncoder, LavicModel, LoadOptions};
 pub use prompt::{LavicTokenizer, PromptCandidate, TokenizedPrompt};
+pub use recommend::{Candidate, CandidateScore, Mode, RecommendInput, RecommendOptions, Recommendation};
 pub use resample::Rgb8;

@@ -122,6 +122,34 @@ pub struct ImageEncoder {
     device: Device,
     dtype: DType,
     encodes: AtomicU64,
+    fingerprint: String,
+}
+
+/// sha256 over everything that changes an image's CLS features and projected tokens: the bytes
+/// of every vision-tower and projector tensor, the vision adapter's files, the preprocessing
+/// settings and the compute dtype. Equal fingerprints mean equal numbers.
+fn encoder_fingerprint(o: &Opened, opts: &LoadOptions) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"lavic-image-encoder/1\n");
+    for name in o.ckpt.names() {
+        if name.starts_with("vision_tower.") || name.starts_with("multi_modal_projector.") {
+            o.ckpt.with_raw(&name, |dtype, shape, bytes| {
+                h.update(format!("{name} {dtype} {shape:?}\n").as_bytes());
+                h.update(bytes);
+            })?;
+        }
+    }
+    if let Some(dir) = &opts.vision_adapter {
+        for file in ["adapter_config.json", "adapter_model.safetensors"] {
+            let p = dir.join(file);
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            h.update(format!("{file} {}\n", bytes.len()).as_bytes());
+            h.update(&bytes);
+        }
+    }
+    h.update(format!("{}\n{:?}\nmerge={}\n", o.anyres.describe(), o.dtype, opts.merge_lora).as_bytes());
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl ImageEncoder {
@@ -144,6 +172,7 @@ impl ImageEncoder {
         )?;
         w.check_adapters_used()?;
         Ok(Self {
+            fingerprint: encoder_fingerprint(o, opts)?,
             vision,
             projector,
             anyres: o.anyres.clone(),
@@ -152,6 +181,11 @@ impl ImageEncoder {
             dtype: o.dtype,
             encodes: AtomicU64::new(0),
         })
+    }
+
+    /// Hex sha256 identifying the numbers this encoder produces (see `encoder_fingerprint`).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Preprocessing settings.

@@ -146,6 +146,12 @@ impl LavicTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Byte offset where each token of `text` starts (no BOS), for cutting text at token boundaries.
+    pub fn token_offsets(&self, text: &str) -> Result<Vec<usize>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_offsets().iter().map(|o| o.0).collect())
+    }
+
     /// Text of `ids`, like `tokenizer.decode(ids, skip_special_tokens=...)`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(e.to_string()))
@@ -193,27 +199,22 @@ pub fn parse_reference_id(text: &str) -> Option<&str> {
     re.find(text).map(|m| m.as_str())
 }
 
-/// Ours: the candidate whose id the answer starts with (after leading whitespace), falling back
-/// to the first candidate id appearing as a whole word; None if the answer names no candidate.
+/// Ours: the candidate id the answer starts with (after leading whitespace) as a whole word, i.e.
+/// followed by the end of the answer or a character that is not alphanumeric or `_` (like the
+/// reference's `\b`). The model is trained to answer with the bare id, so an answer that starts
+/// otherwise is not a candidate; this is also exactly what one-pass scoring can verify.
 pub fn match_candidate<'a>(text: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let t = text.trim_start();
-    let mut by_len: Vec<&'a str> = candidates.to_vec();
-    by_len.sort_by_key(|c| std::cmp::Reverse(c.len()));
-    if let Some(c) = by_len.iter().find(|c| !c.is_empty() && t.starts_with(**c)) {
-        return Some(c);
-    }
-    let mut best: Option<(usize, &'a str)> = None;
-    for c in by_len.iter().filter(|c| !c.is_empty()) {
-        for (pos, _) in text.match_indices(*c) {
-            let before = text[..pos].chars().next_back();
-            let after = text[pos + c.len()..].chars().next();
-            let word = |ch: Option<char>| ch.is_some_and(|ch| ch.is_alphanumeric() || ch == '_');
-            if !word(before) && !word(after) && best.is_none_or(|(p, _)| pos < p) {
-                best = Some((pos, c));
-            }
-        }
-    }
-    best.map(|(_, c)| c)
+    candidates
+        .iter()
+        .copied()
+        .filter(|c| !c.is_empty() && t.starts_with(*c) && ends_word(&t[c.len()..]))
+        .max_by_key(|c| c.len())
+}
+
+/// Whether `rest` (the text after an id) does not continue the id's word.
+pub fn ends_word(rest: &str) -> bool {
+    !rest.chars().next().is_some_and(|ch| ch.is_alphanumeric() || ch == '_')
 }
 
 #[cfg(test)]
@@ -238,7 +239,10 @@ mod tests {
         assert_eq!(parse_reference_id("B0012GVT7"), None);
         let c = ["B0012GVT7O", "sku-1", "sku-12"];
         assert_eq!(match_candidate(" sku-12 is best", &c), Some("sku-12"));
-        assert_eq!(match_candidate("I pick B0012GVT7O.", &c), Some("B0012GVT7O"));
+        assert_eq!(match_candidate("B0012GVT7O.", &c), Some("B0012GVT7O"));
+        assert_eq!(match_candidate("I pick B0012GVT7O.", &c), None);
         assert_eq!(match_candidate("nothing", &c), None);
+        assert_eq!(match_candidate("sku-123", &c), None, "an id must end at a word boundary");
+        assert_eq!(match_candidate("sku-1\nmore", &c), Some("sku-1"));
     }
 }

@@ -93,6 +93,22 @@ impl Checkpoint {
             .map_err(|e| Error::Checkpoint(format!("tensor {key} in {}: {e}", self.dir.display())))
     }
 
+    /// Canonical names of every tensor, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.keys.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Feeds the stored dtype, shape and raw bytes of a tensor to `f` (no copy).
+    pub fn with_raw<R>(&self, name: &str, f: impl FnOnce(&str, &[usize], &[u8]) -> R) -> Result<R> {
+        let key = self.keys.get(name).ok_or_else(|| {
+            Error::Checkpoint(format!("tensor {name} not found in {}", self.dir.display()))
+        })?;
+        let view = self.st.get(key).map_err(|e| Error::Checkpoint(format!("tensor {key}: {e}")))?;
+        Ok(f(&format!("{:?}", view.dtype()), view.shape(), view.data()))
+    }
+
     /// Stored dtype of a tensor.
     pub fn dtype_of(&self, name: &str) -> Option<DType> {
         let key = self.keys.get(name)?;

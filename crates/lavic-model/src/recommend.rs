@@ -1,0 +1,523 @@
+//! Recommendation: prompt building under a token budget, the reference's FREE mode (greedy
+//! generation, then parse) and our default one-pass candidate scoring.
+//!
+//! Default mode evaluates every candidate id in ONE forward pass: the prompt followed by a trie
+//! of the candidates' id tokens (each tokenised as it appears right after `Assistant:`), with a
+//! tree attention mask (a node sees the prompt and its own ancestors). From the logits at the
+//! prompt's last position and at every trie node we get each candidate's log-likelihood and we
+//! replay the unconstrained greedy decode through the trie: it is `valid` when greedy completes
+//! a candidate id, and invalid as soon as its arg-max token leaves every candidate's path (the
+//! text produced up to there is reported). The pick is the greedy result when valid, otherwise
+//! the candidate with the highest total log-likelihood, so the answer is always a candidate.
+//!
+//! Ranking uses the total log-likelihood `log P(id | prompt)`: it is the probability that the
+//! model answers exactly that id, directly comparable across ids; the length-normalised mean is
+//! reported too, but it would favour long ids whose later tokens are nearly deterministic.
+
+use candle_core::Tensor;
+
+use crate::decoder::mask_from_fn;
+use crate::error::{Error, Result};
+use crate::model::{argmax, LavicModel};
+use crate::prompt::{ends_word, match_candidate, parse_reference_id, recommendation_head, recommendation_tail, PromptCandidate, TokenizedPrompt};
+
+/// How the answer is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// One forward pass scoring every candidate (ours).
+    #[default]
+    Default,
+    /// The reference: greedy generation of up to `max_new_tokens`, then parse.
+    Free,
+}
+
+/// One candidate with its 5 projected image tokens (`[5, hidden]`).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Item id as the prompt shows it and the model answers it.
+    pub id: String,
+    /// Title (empty: `No Title`).
+    pub title: String,
+    /// Projected image tokens, `[5, hidden]`.
+    pub tokens: Tensor,
+}
+
+/// Options of one recommendation.
+#[derive(Debug, Clone, Copy)]
+pub struct RecommendOptions {
+    /// Default (one pass) or FREE (reference greedy generation).
+    pub mode: Mode,
+    /// Longest prompt in tokens; the conversation is shortened from the front to fit.
+    pub max_prompt_tokens: Option<usize>,
+    /// Greedy budget (the reference's `max_new_tokens = 10`).
+    pub max_new_tokens: usize,
+}
+
+impl Default for RecommendOptions {
+    fn default() -> Self {
+        Self { mode: Mode::Default, max_prompt_tokens: None, max_new_tokens: 10 }
+    }
+}
+
+/// One request of a batch.
+#[derive(Debug, Clone)]
+pub struct RecommendInput {
+    /// Raw dialogue text (`<submission>...</submission>\n<comment>...`).
+    pub context: String,
+    /// 1 or more candidates in prompt order.
+    pub candidates: Vec<Candidate>,
+    /// Options.
+    pub options: RecommendOptions,
+}
+
+/// Score of one candidate (default mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateScore {
+    /// Candidate id.
+    pub id: String,
+    /// `log P(id | prompt)`, summed over the id's tokens.
+    pub logprob: f32,
+    /// `logprob / tokens`.
+    pub mean_logprob: f32,
+    /// Tokens of the id after `Assistant:`.
+    pub tokens: usize,
+}
+
+/// The outcome of one recommendation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommendation {
+    /// The selected candidate. Always set in default mode; in FREE mode only when valid.
+    pub pick: Option<String>,
+    /// Whether the model's own (greedy) answer starts with one of the candidate ids.
+    pub valid: bool,
+    /// What the model itself answered (greedy text; in default mode up to where it left the ids).
+    pub raw_answer: String,
+    /// The reference's parse of the answer: first `\bB[A-Z0-9]{9}\b`, candidate or not.
+    pub parsed_id: Option<String>,
+    /// Candidates best first by total log-likelihood (default mode only).
+    pub scores: Vec<CandidateScore>,
+    /// Tokens in the prompt the model saw.
+    pub prompt_tokens: usize,
+    /// Conversation tokens dropped from the front to fit the budget (0: none).
+    pub shortened_tokens: usize,
+}
+
+/// The prompt of one request, tokenised, with the conversation shortened if needed.
+#[derive(Debug, Clone)]
+pub struct BuiltPrompt {
+    /// Full prompt text.
+    pub text: String,
+    /// Tokens and image slots.
+    pub tokens: TokenizedPrompt,
+    /// Conversation tokens dropped from the front.
+    pub shortened_tokens: usize,
+}
+
+impl LavicModel {
+    /// Builds and tokenises the recommendation prompt; when it exceeds `budget` tokens, drops
+    /// whole tokens from the front of the conversation (never the instruction, the candidate
+    /// block or the answer cue).
+    pub fn build_prompt(&self, context: &str, candidates: &[PromptCandidate<'_>], budget: Option<usize>) -> Result<BuiltPrompt> {
+        let head = recommendation_head();
+        let tail = recommendation_tail(candidates);
+        let make = |ctx: &str| format!("{head}{ctx}{tail}");
+        let text = make(context);
+        let tokens = self.tokenizer.tokenize_prompt(&text)?;
+        let Some(budget) = budget else { return Ok(BuiltPrompt { text, tokens, shortened_tokens: 0 }) };
+        if tokens.ids.len() <= budget {
+            return Ok(BuiltPrompt { text, tokens, shortened_tokens: 0 });
+        }
+        let fixed = self.tokenizer.tokenize_prompt(&make(""))?.ids.len();
+        if fixed > budget {
+            return Err(Error::Input(format!(
+                "the instruction and candidate block alone take {fixed} tokens, over the budget of {budget}"
+            )));
+        }
+        let offsets = self.tokenizer.token_offsets(context)?;
+        let mut drop = tokens.ids.len() - budget;
+        loop {
+            let cut = offsets.get(drop).copied().unwrap_or(context.len());
+            let mut cut = cut.min(context.len());
+            while !context.is_char_boundary(cut) {
+                cut += 1;
+            }
+            let text = make(&context[cut..]);
+            let tokens = self.tokenizer.tokenize_prompt(&text)?;
+            if tokens.ids.len() <= budget || cut >= context.len() {
+                return Ok(BuiltPrompt { text, tokens, shortened_tokens: drop.min(offsets.len()) });
+            }
+            drop += tokens.ids.len() - budget;
+        }
+    }
+
+    /// Token ids of each candidate id as it appears right after the prompt (prompt and id
+    /// tokenised together, since context changes token boundaries).
+    pub fn candidate_continuations(&self, prompt: &BuiltPrompt, ids: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let p = &prompt.tokens.ids;
+        ids.iter()
+            .map(|id| {
+                let joint = self.tokenizer.encode(&format!("{}{id}", prompt.text))?;
+                if joint.len() > p.len() && joint[..p.len()] == p[..] {
+                    Ok(joint[p.len()..].to_vec())
+                } else {
+                    // The id merged into the prompt's last token; use its standalone pieces.
+                    tracing::warn!(id, "candidate id changes the prompt's last token; scoring its standalone tokens");
+                    self.tokenizer.encode_plain(id)
+                }
+            })
+            .collect()
+    }
+
+    /// One recommendation (see [`LavicModel::recommend_batch`]).
+    pub fn recommend(&self, input: &RecommendInput) -> Result<Recommendation> {
+        self.recommend_batch(std::slice::from_ref(input)).pop().unwrap_or_else(|| Err(Error::Input("empty batch".into())))
+    }
+
+    /// Recommendations for several requests. Default-mode requests share ONE forward pass;
+    /// FREE-mode requests run the reference's greedy loop one by one. Each request gets its own
+    /// result, so one bad request does not fail the others.
+    pub fn recommend_batch(&self, inputs: &[RecommendInput]) -> Vec<Result<Recommendation>> {
+        let mut out: Vec<Option<Result<Recommendation>>> = inputs.iter().map(|_| None).collect();
+        let mut trees = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            match input.options.mode {
+                Mode::Free => out[i] = Some(self.recommend_free(input)),
+                Mode::Default => match self.prepare_tree(input) {
+                    Ok(t) => trees.push((i, t)),
+                    Err(e) => out[i] = Some(Err(e)),
+                },
+            }
+        }
+        if !trees.is_empty() {
+            match self.score_trees(trees.iter().map(|(_, t)| t).collect()) {
+                Ok(results) => {
+                    for ((i, _), r) in trees.iter().zip(results) {
+                        out[*i] = Some(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (i, _) in &trees {
+                        out[*i] = Some(Err(Error::Input(format!("batched scoring failed: {msg}"))));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Input("request not processed".into())))).collect()
+    }
+
+    fn prompt_for(&self, input: &RecommendInput) -> Result<(BuiltPrompt, Tensor)> {
+        if input.candidates.is_empty() {
+            return Err(Error::Input("no candidates".into()));
+        }
+        let pc: Vec<PromptCandidate> =
+            input.candidates.iter().map(|c| PromptCandidate { id: &c.id, title: &c.title }).collect();
+        let prompt = self.build_prompt(&input.context, &pc, input.options.max_prompt_tokens)?;
+        let images: Vec<Tensor> = input.candidates.iter().map(|c| c.tokens.clone()).collect();
+        let embeds = self.prompt_embeds(&prompt.tokens, &images)?;
+        Ok((prompt, embeds))
+    }
+
+    fn recommend_free(&self, input: &RecommendInput) -> Result<Recommendation> {
+        let (prompt, embeds) = self.prompt_for(input)?;
+        let ids = self.generate_greedy(&embeds, input.options.max_new_tokens)?;
+        let raw_answer = self.tokenizer.decode(&ids, true)?;
+        let cand_ids: Vec<&str> = input.candidates.iter().map(|c| c.id.as_str()).collect();
+        let pick = match_candidate(&raw_answer, &cand_ids).map(str::to_string);
+        Ok(Recommendation {
+            valid: pick.is_some(),
+            pick,
+            parsed_id: parse_reference_id(&raw_answer).map(str::to_string),
+            raw_answer,
+            scores: Vec::new(),
+            prompt_tokens: prompt.tokens.ids.len(),
+            shortened_tokens: prompt.shortened_tokens,
+        })
+    }
+
+    fn prepare_tree(&self, input: &RecommendInput) -> Result<Tree> {
+        let (prompt, embeds) = self.prompt_for(input)?;
+        let ids: Vec<&str> = input.candidates.iter().map(|c| c.id.as_str()).collect();
+        let conts = self.candidate_continuations(&prompt, &ids)?;
+        let trie = Trie::build(&conts)?;
+        let node_ids: Vec<u32> = trie.nodes.iter().map(|n| n.token).collect();
+        let device = embeds.device().clone();
+        let node_embeds = if node_ids.is_empty() {
+            None
+        } else {
+            Some(self.decoder().embed(&Tensor::new(node_ids.as_slice(), &device)?.unsqueeze(0)?)?)
+        };
+        let embeds = match node_embeds {
+            Some(n) => Tensor::cat(&[&embeds, &n.to_dtype(embeds.dtype())?], 1)?,
+            None => embeds,
+        };
+        Ok(Tree {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            conts,
+            trie,
+            prompt_len: prompt.tokens.ids.len(),
+            shortened: prompt.shortened_tokens,
+            embeds,
+            max_new: input.options.max_new_tokens,
+        })
+    }
+
+    /// One forward over every tree (rows padded at the end), then per-tree scoring.
+    fn score_trees(&self, trees: Vec<&Tree>) -> Result<Vec<Recommendation>> {
+        let per_tree = self.forward_trees(&trees)?;
+        trees
+            .iter()
+            .zip(per_tree)
+            .map(|(t, logits)| {
+                let logprobs = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f32>()?;
+                t.score(self, &logits.to_vec2::<f32>()?, &logprobs)
+            })
+            .collect()
+    }
+
+    /// ONE decoder pass over all trees; per tree the f32 logits `[1 + nodes, vocab]` at its last
+    /// prompt position and at each of its trie nodes.
+    fn forward_trees(&self, trees: &[&Tree]) -> Result<Vec<Tensor>> {
+        let len = trees.iter().map(|t| t.len()).max().unwrap_or(0);
+        let device = trees[0].embeds.device().clone();
+        let hidden = self.decoder().hidden_size();
+        let dtype = trees[0].embeds.dtype();
+        let mut rows = Vec::with_capacity(trees.len());
+        let mut positions = Vec::with_capacity(trees.len());
+        for t in trees {
+            let pad = len - t.len();
+            let e = t.embeds.squeeze(0)?;
+            rows.push(if pad > 0 { Tensor::cat(&[&e, &Tensor::zeros((pad, hidden), dtype, &device)?], 0)? } else { e });
+            let mut pos: Vec<u32> = (0..t.prompt_len as u32).collect();
+            pos.extend(t.trie.nodes.iter().map(|n| (t.prompt_len + n.depth - 1) as u32));
+            pos.extend(std::iter::repeat_n(0u32, pad));
+            positions.push(pos);
+        }
+        let embeds = Tensor::stack(&rows, 0)?;
+        let window = self.decoder().sliding_window();
+        let mask = mask_from_fn(trees.len(), len, len, &device, |r, q, k| trees[r].allowed(q, k, window))?;
+        let mut cache = self.decoder().new_cache();
+        let hidden_states = self.forward(&embeds, &positions, &mask, &mut cache)?;
+        let mut flat = Vec::new();
+        for (r, t) in trees.iter().enumerate() {
+            flat.push((r * len + t.prompt_len - 1) as u32);
+            flat.extend((0..t.trie.nodes.len()).map(|j| (r * len + t.prompt_len + j) as u32));
+        }
+        let logits = self.decoder().logits_at(&hidden_states, &flat)?;
+        let mut out = Vec::with_capacity(trees.len());
+        let mut at = 0;
+        for t in trees {
+            let n = t.trie.nodes.len() + 1;
+            out.push(logits.narrow(0, at, n)?);
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// For each candidate, the f32 logits `[id tokens, vocab]` that predict its id tokens, from
+    /// the single tree pass that default mode runs.
+    pub fn candidate_logits(&self, input: &RecommendInput) -> Result<Vec<Tensor>> {
+        let tree = self.prepare_tree(input)?;
+        let logits = self.forward_trees(&[&tree])?.remove(0);
+        (0..tree.ids.len())
+            .map(|c| {
+                let rows: Vec<u32> = tree.path(c).iter().map(|&j| tree.row_before(j) as u32).collect();
+                Ok(logits.index_select(&Tensor::new(rows.as_slice(), logits.device())?, 0)?)
+            })
+            .collect()
+    }
+
+    /// The same logits as [`LavicModel::candidate_logits`], computed the slow, obvious way: one
+    /// causal pass over `prompt + id tokens` per candidate (the reference for the tree pass).
+    pub fn candidate_logits_separately(&self, input: &RecommendInput) -> Result<Vec<Tensor>> {
+        let (prompt, embeds) = self.prompt_for(input)?;
+        let ids: Vec<&str> = input.candidates.iter().map(|c| c.id.as_str()).collect();
+        let conts = self.candidate_continuations(&prompt, &ids)?;
+        let t = prompt.tokens.ids.len();
+        conts
+            .iter()
+            .map(|cont| {
+                let tail = self.decoder().embed(&Tensor::new(cont.as_slice(), embeds.device())?.unsqueeze(0)?)?;
+                let full = Tensor::cat(&[&embeds, &tail.to_dtype(embeds.dtype())?], 1)?;
+                let positions: Vec<usize> = (t - 1..t - 1 + cont.len()).collect();
+                self.prompt_logits(&full, &positions)
+            })
+            .collect()
+    }
+}
+
+/// A trie node: one token of one or more candidate ids.
+#[derive(Debug, Clone)]
+struct Node {
+    token: u32,
+    parent: Option<usize>,
+    depth: usize,
+    children: Vec<usize>,
+    /// Candidate whose id ends here.
+    completes: Option<usize>,
+}
+
+/// The candidates' id tokens as a prefix tree (shared first tokens evaluated once).
+#[derive(Debug, Clone)]
+struct Trie {
+    nodes: Vec<Node>,
+    roots: Vec<usize>,
+    /// Last node of each candidate.
+    ends: Vec<usize>,
+}
+
+impl Trie {
+    fn build(conts: &[Vec<u32>]) -> Result<Self> {
+        let mut t = Trie { nodes: Vec::new(), roots: Vec::new(), ends: Vec::new() };
+        for (c, toks) in conts.iter().enumerate() {
+            if toks.is_empty() {
+                return Err(Error::Input(format!("candidate #{c} has an empty id")));
+            }
+            let mut parent: Option<usize> = None;
+            for &tok in toks {
+                let siblings = match parent { Some(p) => &t.nodes[p].children, None => &t.roots };
+                let found = siblings.iter().copied().find(|&j| t.nodes[j].token == tok);
+                let j = match found {
+                    Some(j) => j,
+                    None => {
+                        let j = t.nodes.len();
+                        let depth = parent.map_or(1, |p| t.nodes[p].depth + 1);
+                        t.nodes.push(Node { token: tok, parent, depth, children: Vec::new(), completes: None });
+                        match parent { Some(p) => t.nodes[p].children.push(j), None => t.roots.push(j) }
+                        j
+                    }
+                };
+                parent = Some(j);
+            }
+            let end = parent.unwrap_or_default();
+            if let Some(other) = t.nodes[end].completes {
+                return Err(Error::Input(format!("candidates #{other} and #{c} have the same id tokens")));
+            }
+            t.nodes[end].completes = Some(c);
+            t.ends.push(end);
+        }
+        Ok(t)
+    }
+
+    fn is_ancestor_or_self(&self, a: usize, mut b: usize) -> bool {
+        loop {
+            if a == b {
+                return true;
+            }
+            match self.nodes[b].parent {
+                Some(p) => b = p,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// One request prepared for tree scoring.
+struct Tree {
+    ids: Vec<String>,
+    conts: Vec<Vec<u32>>,
+    trie: Trie,
+    prompt_len: usize,
+    shortened: usize,
+    embeds: Tensor,
+    max_new: usize,
+}
+
+impl Tree {
+    fn len(&self) -> usize {
+        self.prompt_len + self.trie.nodes.len()
+    }
+
+    /// Logit row (0 = last prompt position, j + 1 = node j) whose distribution predicts node `j`.
+    fn row_before(&self, j: usize) -> usize {
+        self.trie.nodes[j].parent.map_or(0, |p| p + 1)
+    }
+
+    /// Nodes of candidate `c`, root first.
+    fn path(&self, c: usize) -> Vec<usize> {
+        let mut path = vec![self.trie.ends[c]];
+        while let Some(p) = self.trie.nodes[*path.last().unwrap_or(&0)].parent {
+            path.push(p);
+        }
+        path.reverse();
+        path
+    }
+
+    /// Tree attention: prompt causal; a node sees the prompt and its ancestors; padding sees itself.
+    fn allowed(&self, q: usize, k: usize, window: Option<usize>) -> bool {
+        let p = self.prompt_len;
+        let n = self.len();
+        let pos = |i: usize| if i < p { i } else { p + self.trie.nodes[i - p].depth - 1 };
+        let base = if q >= n {
+            q == k
+        } else if q < p {
+            k <= q
+        } else if k < p {
+            true
+        } else if k < n {
+            self.trie.is_ancestor_or_self(k - p, q - p)
+        } else {
+            false
+        };
+        base && (q >= n || k >= n || window.is_none_or(|w| pos(q) - pos(k).min(pos(q)) < w))
+    }
+
+    /// Scores from the logits at [last prompt position, node 0, node 1, ...].
+    fn score(&self, model: &LavicModel, logits: &[Vec<f32>], logprobs: &[Vec<f32>]) -> Result<Recommendation> {
+        let mut scores: Vec<CandidateScore> = self
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(c, id)| {
+                let lp: f32 =
+                    self.path(c).iter().map(|&j| logprobs[self.row_before(j)][self.trie.nodes[j].token as usize]).sum();
+                let n = self.conts[c].len();
+                CandidateScore { id: id.clone(), logprob: lp, mean_logprob: lp / n as f32, tokens: n }
+            })
+            .collect();
+        // Replay the unconstrained greedy decode through the trie. It is valid when it completes an
+        // id and then stops (budget, or a next token that does not continue the id's word, as
+        // `match_candidate` judges FREE mode's text); invalid as soon as it leaves every path.
+        let mut row = 0usize;
+        let mut level = &self.trie.roots;
+        let mut produced: Vec<u32> = Vec::new();
+        let mut completed: Option<usize> = None;
+        while produced.len() < self.max_new {
+            let next = argmax(&logits[row]);
+            if let Some(j) = level.iter().copied().find(|&j| self.trie.nodes[j].token == next) {
+                produced.push(next);
+                completed = self.trie.nodes[j].completes;
+                row = j + 1;
+                level = &self.trie.nodes[j].children;
+                continue;
+            }
+            // Greedy leaves every remaining path here.
+            if completed.is_some() {
+                let text = model.tokenizer.decode(&[next], true)?;
+                if !ends_word(&text) {
+                    completed = None;
+                }
+            }
+            if completed.is_none() {
+                produced.push(next);
+            }
+            break;
+        }
+        let raw_answer = model.tokenizer.decode(&produced, true)?;
+        scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+        let valid = completed.is_some();
+        let pick = match completed {
+            Some(c) => self.ids[c].clone(),
+            None => scores[0].id.clone(),
+        };
+        Ok(Recommendation {
+            pick: Some(pick),
+            valid,
+            parsed_id: parse_reference_id(&raw_answer).map(str::to_string),
+            raw_answer,
+            scores,
+            prompt_tokens: self.prompt_len,
+            shortened_tokens: self.shortened,
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! One-pass candidate scoring (default mode) against the reference's FREE mode.
+//!
+//! Two models: the tiny fixture with both adapters (random weights: its greedy answers are never
+//! candidates, so the invalid branch runs) and a copy whose weights are arranged so that greedy
+//! decoding spells one fixed id (embeddings scaled so the residual stream is the current token,
+//! lm_head rows pointing each token of that id at the next one): prompts that list that id give
+//! valid answers, prompts that do not (or list only ids sharing its first tokens) give invalid
+//! ones. Tolerance for logits: 1e-4 (same inputs, f32; only summation order differs).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use lavic_model::recommend::{Candidate, Mode, RecommendInput, RecommendOptions};
+use lavic_model::{DType, Device, LavicModel, LoadOptions, Tensor};
+
+const IDS: [&str; 20] = [
+    "B0012GVT7O", "B07XJ8C8F5", "B08LYS9WYD", "B0776Y43KM", "B01N5IB20Q", "B00004OCNS", "B09G9FPHY6",
+    "B07PGL2ZSL", "B0BSHF7WHW", "B00KXBCN8K", "B095CBQJG5", "B095R937NQ", "B07NRD1BPJ", "B01M0GB8CC",
+    "B06XCM9LJ4", "B0C1H26C46", "B00Y8X5V8Y", "B074PGBPLS", "B08N5WRWNW", "B0B7CPSN2K",
+];
+
+fn images(model: &LavicModel) -> Vec<Tensor> {
+    let names = ["square.jpg", "wide2.png", "wide3.jpg", "tall.png", "small.png"];
+    let rgb: Vec<_> = names
+        .iter()
+        .map(|n| model.encoder.decode(&std::fs::read(fixtures().join("images").join(n)).unwrap()).unwrap())
+        .collect();
+    let cls = model.encoder.encode_cls(&rgb).unwrap();
+    let proj = model.encoder.project(&cls).unwrap();
+    (0..names.len()).map(|i| proj.get(i).unwrap()).collect()
+}
+
+fn input(model: &LavicModel, context: &str, ids: &[&str], mode: Mode) -> RecommendInput {
+    let imgs = images(model);
+    RecommendInput {
+        context: context.to_string(),
+        candidates: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Candidate { id: id.to_string(), title: format!("Product number {i}"), tokens: imgs[i % imgs.len()].clone() })
+            .collect(),
+        options: RecommendOptions { mode, ..Default::default() },
+    }
+}
+
+fn contexts() -> Vec<String> {
+    let text = std::fs::read_to_string(shared_data().join("reddit-amazon/amazon_home/valid.jsonl")).unwrap();
+    let mut ctx: Vec<String> =
+        text.lines().take(40).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["context"].as_str().unwrap().to_string()).collect();
+    ctx.sort_by_key(|c| c.len());
+    ctx.truncate(3);
+    ctx
+}
+
+#[test]
+fn tree_pass_equals_one_pass_per_candidate() {
+    let model = LavicModel::load(&options("mistral")).unwrap();
+    for n in [10, 20] {
+        let inp = input(&model, &contexts()[0], &IDS[..n], Mode::Default);
+        let tree = model.candidate_logits(&inp).unwrap();
+        let separate = model.candidate_logits_separately(&inp).unwrap();
+        assert_eq!(tree.len(), n);
+        for (c, (a, b)) in tree.iter().zip(&separate).enumerate() {
+            let e = max_abs(a, b);
+            assert!(e < 1e-4, "{n} candidates, #{c}: tree vs separate logits differ by {e}");
+        }
+    }
+}
+
+#[test]
+fn default_mode_uses_one_forward_pass_and_batches() {
+    let model = LavicModel::load(&options("mistral")).unwrap();
+    let ctx = contexts();
+    let inputs: Vec<RecommendInput> = ctx.iter().map(|c| input(&model, c, &IDS[..10], Mode::Default)).collect();
+    let mut single = Vec::new();
+    for inp in &inputs {
+        let before = model.forward_passes();
+        single.push(model.recommend(inp).unwrap());
+        assert_eq!(model.forward_passes() - before, 1, "default mode must run exactly one forward pass");
+    }
+    let before = model.forward_passes();
+    let batched: Vec<_> = model.recommend_batch(&inputs).into_iter().map(Result::unwrap).collect();
+    assert_eq!(model.forward_passes() - before, 1, "a batch of default-mode requests shares one pass");
+    for (a, b) in single.iter().zip(&batched) {
+        assert_eq!(a.pick, b.pick);
+        assert_eq!(a.valid, b.valid);
+        for (x, y) in a.scores.iter().zip(&b.scores) {
+            assert_eq!(x.id, y.id);
+            assert!((x.logprob - y.logprob).abs() < 1e-3, "{} vs {}", x.logprob, y.logprob);
+        }
+    }
+    // FREE mode: one prefill + one pass per further token.
+    let before = model.forward_passes();
+    let free = model.recommend(&input(&model, &ctx[0], &IDS[..10], Mode::Free)).unwrap();
+    assert_eq!(model.forward_passes() - before, 10);
+    assert!(!free.valid, "random fixture answers no candidate: {:?}", free.raw_answer);
+    assert!(!single[0].valid);
+    assert!(IDS[..10].contains(&single[0].pick.as_deref().unwrap()), "default mode always names a candidate");
+    assert_eq!(single[0].scores.len(), 10);
+    assert!(single[0].scores.windows(2).all(|w| w[0].logprob >= w[1].logprob), "ranked best first");
+    assert_eq!(single[0].pick.as_deref(), Some(single[0].scores[0].id.as_str()), "invalid: best-scoring candidate");
+}
+
+/// Writes a copy of tiny-mistral whose greedy decode after `Assistant:` spells `answer`.
+fn arranged_model(dir: &Path, answer: &str) -> LavicModel {
+    let src = fixtures().join("tiny-mistral");
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            for (k, v) in candle_core::safetensors::load(&p, &Device::Cpu).unwrap() {
+                tensors.insert(k, v.to_dtype(DType::F32).unwrap());
+            }
+        }
+        if p.extension().is_some_and(|x| x == "json") && !p.ends_with("model.safetensors.index.json") {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    // Which tokens spell the answer right after the prompt.
+    let plain = LavicModel::load(&{
+        let mut o = LoadOptions::new(&src);
+        o.tokenizer = Some(fixtures().join("tokenizer/tokenizer.json"));
+        o.dtype = Some(DType::F32);
+        o
+    })
+    .unwrap();
+    let probe = plain
+        .build_prompt("<submission>x</submission>\n", &[lavic_model::PromptCandidate { id: "X", title: "Y" }], None)
+        .unwrap();
+    let cont = plain.candidate_continuations(&probe, &[answer]).unwrap().remove(0);
+    let last = *probe.tokens.ids.last().unwrap();
+    let mut chain = vec![last];
+    chain.extend(&cont);
+    chain.push(13); // "\n": the answer ends there, as a trained model's would
+
+    let mut seen = std::collections::HashSet::new();
+    assert!(chain.iter().all(|t| seen.insert(*t)), "answer tokens must be distinct: {chain:?}");
+
+    let emb_key = "language_model.model.embed_tokens.weight";
+    let emb = (tensors[emb_key].clone() * 1000.0).unwrap();
+    let norm = tensors["language_model.model.norm.weight"].to_vec1::<f32>().unwrap();
+    let mut head = tensors["language_model.lm_head.weight"].to_vec2::<f32>().unwrap();
+    let emb_rows = emb.to_vec2::<f32>().unwrap();
+    for pair in chain.windows(2) {
+        let e = &emb_rows[pair[0] as usize];
+        let rms = (e.iter().map(|x| x * x).sum::<f32>() / e.len() as f32).sqrt();
+        let dir: Vec<f32> = e.iter().zip(&norm).map(|(x, w)| x / rms * w).collect();
+        let len = dir.iter().map(|x| x * x).sum::<f32>().sqrt();
+        head[pair[1] as usize] = dir.iter().map(|x| 8.0 * x / len).collect();
+    }
+    tensors.insert(emb_key.into(), emb);
+    let (v, h) = tensors["language_model.lm_head.weight"].dims2().unwrap();
+    tensors.insert(
+        "language_model.lm_head.weight".into(),
+        Tensor::from_vec(head.into_iter().flatten().collect::<Vec<f32>>(), (v, h), &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let mut o = LoadOptions::new(dir);
+    o.tokenizer = Some(fixtures().join("tokenizer/tokenizer.json"));
+    o.vision_adapter = Some(fixtures().join("adapters/mistral-vision"));
+    o.dtype = Some(DType::F32);
+    LavicModel::load(&o).unwrap()
+}
+
+#[test]
+fn default_mode_agrees_with_free_mode_on_both_branches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let answer = "B7XKQ";
+    let model = arranged_model(tmp.path(), answer);
+    let with_answer: Vec<&str> = vec!["B0012GVT7O", "B7XKQ", "B08LYS9WYD", "B7XKZ"];
+    let prefix_only: Vec<&str> = vec!["B0012GVT7O", "B7XKZ", "B7X"];
+    let unrelated: Vec<&str> = IDS[..10].to_vec();
+    let mut valid_seen = 0;
+    let mut invalid_seen = 0;
+    for ctx in contexts() {
+        for ids in [&with_answer, &prefix_only, &unrelated] {
+            let free = model.recommend(&input(&model, &ctx, ids, Mode::Free)).unwrap();
+            let before = model.forward_passes();
+            let fast = model.recommend(&input(&model, &ctx, ids, Mode::Default)).unwrap();
+            assert_eq!(model.forward_passes() - before, 1);
+            assert_eq!(fast.valid, free.valid, "{ids:?}: FREE said {:?}, default said {:?}", free.raw_answer, fast.raw_answer);
+            if free.valid {
+                valid_seen += 1;
+                assert_eq!(fast.pick, free.pick, "same candidate as FREE mode");
+                assert_eq!(fast.pick.as_deref(), Some(answer));
+                assert_eq!(fast.raw_answer, answer);
+            } else {
+                invalid_seen += 1;
+                assert!(free.raw_answer.starts_with(&fast.raw_answer), "{:?} vs {:?}", free.raw_answer, fast.raw_answer);
+                assert!(ids.contains(&fast.pick.as_deref().unwrap()));
+                assert_eq!(fast.pick.as_deref(), Some(fast.scores[0].id.as_str()));
+            }
+        }
+    }
+    assert_eq!(valid_seen, 3, "the arranged answer is valid when listed");
+    assert_eq!(invalid_seen, 6);
+}
