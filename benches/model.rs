@@ -1,0 +1,87 @@
+//! Model benchmarks on the tiny fixture (f32, CPU): AnyRes preprocessing of one image, the
+//! vision tower over 5 views, one forward over a 10-candidate prompt, and a recommendation in
+//! default (one pass) vs FREE (greedy, 10 passes) mode for 10 and 20 candidates.
+//!
+//! Run: `cargo bench -p lavic-model --bench model`. Numbers go to docs/PERFORMANCE.md.
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lavic_model::recommend::{Candidate, Mode, RecommendInput, RecommendOptions};
+use lavic_model::{DType, LavicModel, LoadOptions};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn load() -> LavicModel {
+    let f = root().join("tests/fixtures");
+    let mut o = LoadOptions::new(f.join("tiny-mistral"));
+    o.tokenizer = Some(f.join("tokenizer/tokenizer.json"));
+    o.vision_adapter = Some(f.join("adapters/mistral-vision"));
+    o.lm_adapter = Some(f.join("adapters/mistral-lm"));
+    o.dtype = Some(DType::F32);
+    LavicModel::load(&o).expect("fixture model")
+}
+
+/// A real dialogue of median length from the Reddit-Amazon Home validation split.
+fn median_context() -> String {
+    let path = std::env::var_os("LAVIC_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"))
+        .join("reddit-amazon/amazon_home/valid.jsonl");
+    let text = std::fs::read_to_string(path).expect("shared data");
+    let mut ctx: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["context"].as_str().unwrap().to_string())
+        .collect();
+    ctx.sort_by_key(String::len);
+    ctx[ctx.len() / 2].clone()
+}
+
+fn input(model: &LavicModel, n: usize, mode: Mode) -> RecommendInput {
+    let img = model.encoder.decode(&std::fs::read(root().join("tests/fixtures/images/square.jpg")).unwrap()).unwrap();
+    let tokens = model.encoder.project(&model.encoder.encode_cls(&[img]).unwrap()).unwrap().get(0).unwrap();
+    RecommendInput {
+        context: median_context(),
+        candidates: (0..n)
+            .map(|i| Candidate { id: format!("B0{i:08}X"), title: format!("Product {i} with a realistic title"), tokens: tokens.clone() })
+            .collect(),
+        options: RecommendOptions { mode, ..Default::default() },
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let model = load();
+    let bytes = std::fs::read(root().join("tests/fixtures/images/square.jpg")).unwrap();
+    c.bench_function("preprocess one image (decode + AnyRes, 5 views)", |b| {
+        b.iter(|| {
+            let img = model.encoder.decode(&bytes).unwrap();
+            lavic_model::anyres::preprocess(&img, model.encoder.anyres())
+        })
+    });
+    let img = model.encoder.decode(&bytes).unwrap();
+    let pixels = model.encoder.pixels(std::slice::from_ref(&img)).unwrap();
+    c.bench_function("vision tower: CLS of 5 views", |b| b.iter(|| model.encoder.cls_from_pixels(&pixels).unwrap()));
+    let inp = input(&model, 10, Mode::Default);
+    let pc: Vec<lavic_model::PromptCandidate> =
+        inp.candidates.iter().map(|c| lavic_model::PromptCandidate { id: &c.id, title: &c.title }).collect();
+    let prompt = model.build_prompt(&inp.context, &pc, None).unwrap();
+    let images: Vec<_> = inp.candidates.iter().map(|c| c.tokens.clone()).collect();
+    let embeds = model.prompt_embeds(&prompt.tokens, &images).unwrap();
+    let last = prompt.tokens.ids.len() - 1;
+    c.bench_function("LM forward, 10-candidate prompt", |b| b.iter(|| model.prompt_logits(&embeds, &[last]).unwrap()));
+    for n in [10, 20] {
+        for (name, mode) in [("default", Mode::Default), ("free", Mode::Free)] {
+            let inp = input(&model, n, mode);
+            c.bench_function(&format!("recommend {n} candidates, {name} mode"), |b| b.iter(|| model.recommend(&inp).unwrap()));
+        }
+    }
+}
+
+criterion_group! {
+    name = model;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
+    targets = benches
+}
+criterion_main!(model);

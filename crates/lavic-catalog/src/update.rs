@@ -1,0 +1,280 @@
+//! Live updates of an open catalog: upserts (encoding only new or changed images) and deletes,
+//! appended to the delta log and committed by rewriting `catalog.json`, then made visible in the
+//! overlay. Writers are serialised by the catalog's writer mutex (in-process) and the folder's
+//! `.lock` (across processes); readers are never blocked.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+use lavic_model::ImageEncoder;
+
+use crate::catalog::Catalog;
+use crate::delta::{encode_delete, encode_upsert, Op};
+use crate::encode::{cpu_threads, encode_views, parallel_map, prepare_bytes, white_views, Prepared, MISSING_SHA};
+use crate::error::{Error, Result};
+use crate::format::{self, now_unix, Manifest, FLAG_IMAGE_MISSING, MAX_ID_BYTES};
+use crate::fsutil::{write_atomic, DirLock};
+
+/// One item to add or replace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewItem {
+    /// Item id (1 to 1024 bytes).
+    pub id: String,
+    /// Title (may be empty).
+    pub title: String,
+    /// Encoded image bytes; `None` = missing, the reference's white image is used.
+    pub image: Option<Vec<u8>>,
+    /// Extra fields kept with the item.
+    pub metadata: serde_json::Value,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct UpsertReport {
+    /// Items whose image went through the vision tower.
+    pub encoded: usize,
+    /// Items written with features reused from their previous version (same image bytes,
+    /// new title or metadata), or sharing an image encoded in the same call.
+    pub reused: usize,
+    /// Items identical to their current version (nothing written).
+    pub unchanged: usize,
+    /// Items refused, with the reason (bad id, undecodable image...); nothing changed for them.
+    pub failed: Vec<(String, String)>,
+    /// Items stored with the white image because no image was given.
+    pub missing_images: Vec<String>,
+}
+
+/// Checks an item id.
+pub(crate) fn check_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() {
+        Err("empty item id".into())
+    } else if id.len() > MAX_ID_BYTES {
+        Err(format!("item id is {} bytes, over the limit of {MAX_ID_BYTES}", id.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// The version of an item currently stored, as far as change detection needs it.
+struct Current {
+    sha: [u8; 32],
+    flags: u32,
+    title: String,
+    meta: String,
+    features: Vec<u8>,
+}
+
+enum Plan {
+    Features(Vec<u8>),
+    /// Index into the batch of images to encode.
+    Encode(usize),
+}
+
+impl Catalog {
+    /// Adds or replaces items. Only new or changed images (by sha256 of their bytes) go through
+    /// the vision tower; per-item problems are reported, not raised. Durable when it returns, and
+    /// visible to the next read.
+    pub fn upsert(&self, items: &[NewItem], encoder: &ImageEncoder) -> Result<UpsertReport> {
+        self.check_encoder(encoder)?;
+        let mut report = UpsertReport::default();
+        let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = self.lock_for_write(&writer)?;
+
+        // 1. Decide per item: unchanged, reuse, encode, or failed.
+        let mut seen = HashSet::new();
+        let mut accepted: Vec<(&NewItem, [u8; 32], String)> = Vec::new();
+        for it in items {
+            if let Err(reason) = check_id(&it.id) {
+                report.failed.push((it.id.clone(), reason));
+            } else if !seen.insert(it.id.as_str()) {
+                report.failed.push((it.id.clone(), "the same id twice in one upsert".into()));
+            } else {
+                let sha = it.image.as_deref().map(crate::encode::sha256).unwrap_or(MISSING_SHA);
+                let meta = serde_json::to_string(&it.metadata).expect("JSON values serialise");
+                accepted.push((it, sha, meta));
+            }
+        }
+        let currents: Vec<Option<Current>> = accepted.iter().map(|(it, _, _)| self.current(&it.id)).collect();
+        let needs_decode: Vec<usize> = (0..accepted.len())
+            .filter(|&k| accepted[k].0.image.is_some() && currents[k].as_ref().is_none_or(|c| c.sha != accepted[k].1))
+            .collect();
+        let prepared = parallel_map(&needs_decode, cpu_threads(), |&k| {
+            prepare_bytes(encoder, accepted[k].0.image.as_deref().unwrap_or_default(), &|_| false)
+        });
+        let mut prepared: HashMap<usize, Prepared> = needs_decode.into_iter().zip(prepared).collect();
+
+        let mut batch: Vec<Vec<f32>> = Vec::new();
+        let mut batch_by_sha: HashMap<[u8; 32], usize> = HashMap::new();
+        let mut plans: Vec<(usize, Plan)> = Vec::new();
+        for (k, ((it, sha, meta), current)) in accepted.iter().zip(&currents).enumerate() {
+            let flags = if it.image.is_none() { FLAG_IMAGE_MISSING } else { 0 };
+            if it.image.is_none() {
+                report.missing_images.push(it.id.clone());
+            }
+            if let Some(c) = current.as_ref().filter(|c| c.sha == *sha && c.flags == flags) {
+                if c.title == it.title && c.meta == *meta {
+                    report.unchanged += 1;
+                } else {
+                    report.reused += 1;
+                    plans.push((k, Plan::Features(c.features.clone())));
+                }
+                continue;
+            }
+            if it.image.is_none() {
+                plans.push((k, Plan::Features(self.white_features(encoder, &mut report)?)));
+                continue;
+            }
+            match prepared.remove(&k) {
+                Some(Prepared::Views { sha, views }) => match batch_by_sha.get(&sha) {
+                    Some(&b) => {
+                        report.reused += 1;
+                        plans.push((k, Plan::Encode(b)));
+                    }
+                    None => {
+                        batch_by_sha.insert(sha, batch.len());
+                        plans.push((k, Plan::Encode(batch.len())));
+                        batch.push(views);
+                        report.encoded += 1;
+                    }
+                },
+                Some(Prepared::Failed(reason)) => report.failed.push((it.id.clone(), reason)),
+                Some(Prepared::Known { .. }) | Some(Prepared::Missing) | None => {
+                    report.failed.push((it.id.clone(), "internal: image was not prepared".into()))
+                }
+            }
+        }
+
+        // 2. One vision pass per batch of 16 images.
+        let mut encoded: Vec<std::result::Result<Vec<u8>, String>> = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(16) {
+            encoded.extend(encode_views(encoder, chunk, self.form())?);
+        }
+
+        // 3. Append the records, commit, publish.
+        let mut buf = Vec::new();
+        let mut ops = Vec::new();
+        for (k, plan) in plans {
+            let (it, sha, meta) = &accepted[k];
+            let features = match plan {
+                Plan::Features(f) => f,
+                Plan::Encode(b) => match &encoded[b] {
+                    Ok(f) => f.clone(),
+                    Err(reason) => {
+                        report.failed.push((it.id.clone(), reason.clone()));
+                        continue;
+                    }
+                },
+            };
+            let flags = if it.image.is_none() { FLAG_IMAGE_MISSING } else { 0 };
+            let (rec, item) = encode_upsert(&it.id, &it.title, meta, flags, *sha, &features)?;
+            buf.extend_from_slice(&rec);
+            ops.push((it.id.clone(), Op::Upsert(Arc::new(item))));
+        }
+        self.commit_ops(&mut writer, &buf, ops)?;
+        Ok(report)
+    }
+
+    /// Deletes items; returns how many existed. Unknown ids are ignored.
+    pub fn delete(&self, ids: &[&str]) -> Result<usize> {
+        let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = self.lock_for_write(&writer)?;
+        let mut seen = HashSet::new();
+        let mut buf = Vec::new();
+        let mut ops = Vec::new();
+        for id in ids {
+            if seen.insert(*id) && self.contains(id) {
+                buf.extend_from_slice(&encode_delete(id));
+                ops.push((id.to_string(), Op::Delete));
+            }
+        }
+        let n = ops.len();
+        self.commit_ops(&mut writer, &buf, ops)?;
+        Ok(n)
+    }
+
+    /// The stored version of `id`, or `None` when absent or unreadable (then it is re-encoded).
+    fn current(&self, id: &str) -> Option<Current> {
+        let res = self.locate(id).and_then(|loc| match loc {
+            None => Ok(None),
+            Some(loc) => self
+                .with_loc(&loc, |v| {
+                    let (title, meta) = v.strings(self.dir())?;
+                    Ok(Current { sha: v.image_sha, flags: v.flags, title: title.into(), meta: meta.into(), features: v.features.to_vec() })
+                })
+                .map(Some),
+        });
+        res.unwrap_or_else(|e| {
+            tracing::warn!(id, error = %e, "stored item is unreadable; it will be replaced");
+            None
+        })
+    }
+
+    /// Stored features of the white image (encoded once per open catalog).
+    fn white_features(&self, encoder: &ImageEncoder, report: &mut UpsertReport) -> Result<Vec<u8>> {
+        if let Some(w) = self.inner.white.get() {
+            return Ok(w.clone());
+        }
+        let f = encode_views(encoder, &[white_views(encoder)], self.form())?
+            .pop()
+            .expect("one image in, one out")
+            .map_err(|e| Error::InvalidArgument(format!("white image: {e}")))?;
+        report.encoded += 1;
+        Ok(self.inner.white.get_or_init(|| f).clone())
+    }
+
+    /// Takes the folder's writer lock and refuses to write when another process replaced or
+    /// extended the catalog since we opened it (nothing to do when updates stay in memory).
+    fn lock_for_write(&self, ours: &Manifest) -> Result<Option<DirLock>> {
+        if !self.inner.persist {
+            return Ok(None);
+        }
+        let lock = DirLock::acquire(&self.inner.dir)?;
+        let disk = Manifest::read(&self.inner.dir)?;
+        if disk.generation != ours.generation || disk.delta_file != ours.delta_file || disk.delta_bytes != ours.delta_bytes {
+            return Err(Error::Stale(self.inner.dir.clone()));
+        }
+        Ok(Some(lock))
+    }
+
+    /// Appends `buf` after the committed end of the delta log (cutting off any interrupted
+    /// append first), fsyncs, commits the new length in `catalog.json`, then applies `ops`.
+    fn commit_ops(&self, writer: &mut Manifest, buf: &[u8], ops: Vec<(String, Op)>) -> Result<()> {
+        if buf.is_empty() || !self.inner.persist {
+            for (id, op) in ops {
+                self.apply(id, op);
+            }
+            return Ok(());
+        }
+        let dir = &self.inner.dir;
+        let path = dir.join(&writer.delta_file);
+        let io = |e| Error::io(&path, e);
+        let mut f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        f.set_len(writer.delta_bytes).map_err(io)?;
+        f.seek(SeekFrom::Start(writer.delta_bytes)).map_err(io)?;
+        f.write_all(buf).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        let mut next = writer.clone();
+        next.delta_bytes += buf.len() as u64;
+        next.updated_unix = now_unix();
+        write_atomic(dir, format::MANIFEST, &next.to_file_bytes())?;
+        *writer = next;
+        for (id, op) in ops {
+            self.apply(id, op);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("B0012GVT7O").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id(&"x".repeat(MAX_ID_BYTES + 1)).is_err());
+    }
+}

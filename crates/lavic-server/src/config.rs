@@ -1,0 +1,460 @@
+//! Server configuration: defaults, then an optional TOML file, then `LAVIC_*` environment
+//! variables, then command-line flags (each overrides the ones before), validated once at start.
+//!
+//! Flags and environment variables are read by clap ([`ServeArgs`]: every flag has its `LAVIC_*`
+//! twin); the TOML file uses the field names of [`Config`]. With no model folder configured the
+//! server runs its embedded demo: the tiny fixture model and a small demo catalog.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Environment variables `lavic serve` reads (anything else starting with `LAVIC_` is warned about).
+pub const KNOWN_ENV: &[&str] = &[
+    "LAVIC_CONFIG",
+    "LAVIC_GRPC_ADDR",
+    "LAVIC_METRICS_ADDR",
+    "LAVIC_MODEL_DIR",
+    "LAVIC_TOKENIZER",
+    "LAVIC_VISION_ADAPTER",
+    "LAVIC_LM_ADAPTER",
+    "LAVIC_CATALOG_DIR",
+    "LAVIC_DEVICE",
+    "LAVIC_DTYPE",
+    "LAVIC_MAX_CANDIDATES",
+    "LAVIC_MAX_PROMPT_TOKENS",
+    "LAVIC_OVERLONG_POLICY",
+    "LAVIC_UNKNOWN_IDS",
+    "LAVIC_MAX_CONTEXT_BYTES",
+    "LAVIC_MAX_IMAGE_BYTES",
+    "LAVIC_MAX_MESSAGE_BYTES",
+    "LAVIC_QUEUE_CAPACITY",
+    "LAVIC_MAX_BATCH",
+    "LAVIC_WORKERS",
+    "LAVIC_BATCH_WINDOW_MS",
+    "LAVIC_REQUEST_TIMEOUT_SECS",
+    "LAVIC_SHUTDOWN_GRACE_SECS",
+    "LAVIC_LOG_FORMAT",
+    "LAVIC_LOG",
+    "LAVIC_CATALOG_TOKEN",
+    "LAVIC_TLS_CERT",
+    "LAVIC_TLS_KEY",
+];
+
+/// What to do with a dialogue whose prompt exceeds `max_prompt_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlongPolicy {
+    /// Drop dialogue tokens from the front (never the instruction or the candidate block) and
+    /// report how many in `shortened_tokens`.
+    #[default]
+    Shorten,
+    /// Refuse the request with INVALID_ARGUMENT.
+    Reject,
+}
+
+/// Server-wide default for candidate ids the catalog does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownIds {
+    /// NOT_FOUND listing the unknown ids.
+    #[default]
+    Reject,
+    /// The reference's fallback: title "No Title", white image.
+    Fallback,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Compute dtype of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DTypeName {
+    /// 32-bit float (the CPU default).
+    #[default]
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16 (GPU with compute capability >= 8.0).
+    Bf16,
+}
+
+impl DTypeName {
+    /// The candle dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            DTypeName::F32 => candle_core::DType::F32,
+            DTypeName::F16 => candle_core::DType::F16,
+            DTypeName::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// `f32`, `f16` or `bf16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DTypeName::F32 => "f32",
+            DTypeName::F16 => "f16",
+            DTypeName::Bf16 => "bf16",
+        }
+    }
+}
+
+/// A secret string that never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The resolved configuration of `lavic serve` (also the schema of the TOML file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Prometheus `/metrics` listen address (plain HTTP).
+    pub metrics_addr: SocketAddr,
+    /// llava-hf checkpoint folder; none: the embedded demo (tiny fixture model).
+    pub model_dir: Option<PathBuf>,
+    /// `tokenizer.json`; none: the one in `model_dir`.
+    pub tokenizer: Option<PathBuf>,
+    /// Stage-1 (vision) LoRA adapter folder.
+    pub vision_adapter: Option<PathBuf>,
+    /// Stage-2 (language model) LoRA adapter folder.
+    pub lm_adapter: Option<PathBuf>,
+    /// Catalog folder; none: a demo catalog built at start-up in a temporary folder.
+    pub catalog_dir: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Compute dtype.
+    pub dtype: DTypeName,
+    /// Most candidates per request (at least 2).
+    pub max_candidates: usize,
+    /// Prompt token budget (the LLaVA-v1.6 window is 4096).
+    pub max_prompt_tokens: usize,
+    /// Over-long dialogue policy.
+    pub overlong_policy: OverlongPolicy,
+    /// Default policy for unknown candidate ids.
+    pub unknown_ids: UnknownIds,
+    /// Largest dialogue in bytes (raw context or rendered turns).
+    pub max_context_bytes: usize,
+    /// Largest image in bytes (inline candidates and catalog upserts).
+    pub max_image_bytes: usize,
+    /// Largest gRPC message in bytes, both directions.
+    pub max_message_bytes: usize,
+    /// Requests admitted at once (queued or being processed); beyond it RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+    /// Most requests in one forward pass.
+    pub max_batch: usize,
+    /// Model worker threads (each runs whole batches; 1 is right for one device).
+    pub workers: usize,
+    /// How long a worker waits for more requests to fill a batch once it has one (0: no wait).
+    pub batch_window_ms: u64,
+    /// Longest a request may take when the client sets no deadline.
+    pub request_timeout_secs: u64,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_grace_secs: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,lavic_server=debug`).
+    pub log: String,
+    /// Bearer token for mutating Catalog calls; none: those calls are refused.
+    pub catalog_token: Option<Secret>,
+    /// TLS certificate chain (PEM); TLS is on when both this and `tls_key` are set.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Run a warm-up request before reporting SERVING.
+    pub warmup: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            model_dir: None,
+            tokenizer: None,
+            vision_adapter: None,
+            lm_adapter: None,
+            catalog_dir: None,
+            device: "cpu".into(),
+            dtype: DTypeName::F32,
+            max_candidates: 20,
+            max_prompt_tokens: 4096,
+            overlong_policy: OverlongPolicy::Shorten,
+            unknown_ids: UnknownIds::Reject,
+            max_context_bytes: 64 << 10,
+            max_image_bytes: 8 << 20,
+            max_message_bytes: 64 << 20,
+            queue_capacity: 64,
+            max_batch: 4,
+            workers: 1,
+            batch_window_ms: 0,
+            request_timeout_secs: 60,
+            shutdown_grace_secs: 20,
+            log_format: LogFormat::Text,
+            log: "info".into(),
+            catalog_token: None,
+            tls_cert: None,
+            tls_key: None,
+            warmup: true,
+        }
+    }
+}
+
+/// Flags of `lavic serve`; each also reads its `LAVIC_*` variable. Unset ones fall back to the
+/// TOML file, then to the defaults of [`Config`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (field names as in the README's table, lower case).
+    #[arg(long, env = "LAVIC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 0.0.0.0:50051].
+    #[arg(long, env = "LAVIC_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Metrics listen address [default: 0.0.0.0:9090].
+    #[arg(long, env = "LAVIC_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// llava-hf checkpoint folder [default: the embedded demo model].
+    #[arg(long, env = "LAVIC_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// tokenizer.json [default: MODEL_DIR/tokenizer.json].
+    #[arg(long, env = "LAVIC_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
+    /// Stage-1 (vision) LoRA adapter folder.
+    #[arg(long, env = "LAVIC_VISION_ADAPTER")]
+    pub vision_adapter: Option<PathBuf>,
+    /// Stage-2 (language model) LoRA adapter folder.
+    #[arg(long, env = "LAVIC_LM_ADAPTER")]
+    pub lm_adapter: Option<PathBuf>,
+    /// Catalog folder [default: a demo catalog built in a temporary folder].
+    #[arg(long, env = "LAVIC_CATALOG_DIR")]
+    pub catalog_dir: Option<PathBuf>,
+    /// cpu, cuda or cuda:N [default: cpu].
+    #[arg(long, env = "LAVIC_DEVICE")]
+    pub device: Option<String>,
+    /// Compute dtype [default: f32].
+    #[arg(long, env = "LAVIC_DTYPE", value_enum)]
+    pub dtype: Option<DTypeName>,
+    /// Most candidates per request [default: 20].
+    #[arg(long, env = "LAVIC_MAX_CANDIDATES")]
+    pub max_candidates: Option<usize>,
+    /// Prompt token budget [default: 4096].
+    #[arg(long, env = "LAVIC_MAX_PROMPT_TOKENS")]
+    pub max_prompt_tokens: Option<usize>,
+    /// Over-long dialogues: shorten from the front or reject [default: shorten].
+    #[arg(long, env = "LAVIC_OVERLONG_POLICY", value_enum)]
+    pub overlong_policy: Option<OverlongPolicy>,
+    /// Unknown candidate ids: reject (NOT_FOUND) or fallback [default: reject].
+    #[arg(long, env = "LAVIC_UNKNOWN_IDS", value_enum)]
+    pub unknown_ids: Option<UnknownIds>,
+    /// Largest dialogue in bytes [default: 65536].
+    #[arg(long, env = "LAVIC_MAX_CONTEXT_BYTES")]
+    pub max_context_bytes: Option<usize>,
+    /// Largest image in bytes [default: 8388608].
+    #[arg(long, env = "LAVIC_MAX_IMAGE_BYTES")]
+    pub max_image_bytes: Option<usize>,
+    /// Largest gRPC message in bytes [default: 67108864].
+    #[arg(long, env = "LAVIC_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Requests admitted at once [default: 64].
+    #[arg(long, env = "LAVIC_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Most requests per forward pass [default: 4].
+    #[arg(long, env = "LAVIC_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Model worker threads [default: 1].
+    #[arg(long, env = "LAVIC_WORKERS")]
+    pub workers: Option<usize>,
+    /// Wait this long to fill a batch [default: 0].
+    #[arg(long, env = "LAVIC_BATCH_WINDOW_MS")]
+    pub batch_window_ms: Option<u64>,
+    /// Deadline for requests that carry none [default: 60].
+    #[arg(long, env = "LAVIC_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Drain time on SIGTERM [default: 20].
+    #[arg(long, env = "LAVIC_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Log format [default: text].
+    #[arg(long, env = "LAVIC_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter [default: info].
+    #[arg(long, env = "LAVIC_LOG")]
+    pub log: Option<String>,
+    /// Bearer token for mutating Catalog calls (prefer the environment variable).
+    #[arg(long, env = "LAVIC_CATALOG_TOKEN", hide_env_values = true)]
+    pub catalog_token: Option<String>,
+    /// TLS certificate (PEM).
+    #[arg(long, env = "LAVIC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "LAVIC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Skip the warm-up request.
+    #[arg(long)]
+    pub no_warmup: bool,
+    /// Print the resolved configuration (TOML, token redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `args` (flags and `LAVIC_*` env), validated.
+    pub fn resolve(args: &ServeArgs) -> Result<Self> {
+        let mut c = match &args.config {
+            Some(path) => Self::from_toml_file(path)?,
+            None => Self::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone().into(); } )* };
+        }
+        set!(grpc_addr, metrics_addr, device, dtype, max_candidates, max_prompt_tokens, overlong_policy);
+        set!(unknown_ids, max_context_bytes, max_image_bytes, max_message_bytes, queue_capacity, max_batch);
+        set!(workers, batch_window_ms, request_timeout_secs, shutdown_grace_secs, log_format, log);
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = Some(v.clone()); } )* };
+        }
+        set_opt!(model_dir, tokenizer, vision_adapter, lm_adapter, catalog_dir, tls_cert, tls_key);
+        if let Some(t) = &args.catalog_token {
+            c.catalog_token = (!t.is_empty()).then(|| Secret(t.clone()));
+        }
+        if args.no_warmup {
+            c.warmup = false;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads a TOML file with the field names of [`Config`] (unknown keys are an error).
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks ranges and combinations; called by [`Config::resolve`] and by the server.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.max_candidates < 2 {
+            return bad(format!("max_candidates must be at least 2, got {}", self.max_candidates));
+        }
+        if self.max_prompt_tokens < 64 {
+            return bad(format!("max_prompt_tokens must be at least 64, got {}", self.max_prompt_tokens));
+        }
+        for (name, v) in [
+            ("queue_capacity", self.queue_capacity),
+            ("max_batch", self.max_batch),
+            ("workers", self.workers),
+            ("max_context_bytes", self.max_context_bytes),
+            ("max_image_bytes", self.max_image_bytes),
+            ("max_message_bytes", self.max_message_bytes),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.request_timeout_secs == 0 {
+            return bad("request_timeout_secs must be positive".into());
+        }
+        if !(self.device == "cpu" || self.device == "cuda" || self.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok())) {
+            return bad(format!("device must be cpu, cuda or cuda:N, got {:?}", self.device));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key must be set together".into());
+        }
+        if self.catalog_dir.is_some() && self.model_dir.is_none() {
+            return bad("catalog_dir is set but model_dir is not: the embedded demo model cannot read another catalog".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return bad(format!("log filter {:?} is invalid", self.log));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with the catalog token redacted.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut c = self.clone();
+        if c.catalog_token.is_some() {
+            c.catalog_token = Some(Secret("***".into()));
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+
+    /// Whether the embedded demo (fixture model + demo catalog) is used.
+    pub fn is_demo(&self) -> bool {
+        self.model_dir.is_none()
+    }
+}
+
+/// `LAVIC_*` variables in `vars` that `lavic serve` does not know (to warn about).
+pub fn unknown_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut out: Vec<String> = vars
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("LAVIC_") && !KNOWN_ENV.contains(&k.as_str()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_toml_and_toml_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lavic.toml");
+        std::fs::write(&path, "max_batch = 8\nqueue_capacity = 3\nlog_format = \"json\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), max_batch: Some(2), ..Default::default() };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.max_batch, 2);
+        assert_eq!(c.queue_capacity, 3);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.max_candidates, 20);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lavic.toml");
+        std::fs::write(&path, "max_bach = 8\n").unwrap();
+        let err = Config::resolve(&ServeArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("max_bach"), "{err}");
+        let err = Config::resolve(&ServeArgs { max_candidates: Some(1), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("max_candidates"), "{err}");
+        let err = Config::resolve(&ServeArgs { device: Some("tpu".into()), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("device"), "{err}");
+    }
+
+    #[test]
+    fn unknown_lavic_variables_are_listed() {
+        let vars = [("LAVIC_MAX_BATCH", "1"), ("LAVIC_MAXBATCH", "1"), ("PATH", "/bin")];
+        let unknown = unknown_env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(unknown, vec!["LAVIC_MAXBATCH".to_string()]);
+    }
+
+    #[test]
+    fn the_token_is_not_printed() {
+        let c = Config { catalog_token: Some(Secret("hunter2".into())), ..Default::default() };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

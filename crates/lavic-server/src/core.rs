@@ -1,0 +1,268 @@
+//! What the handlers call: readiness and draining state, admission, the trip of a request
+//! through the queue to a worker and back under its deadline, and per-call bookkeeping (request
+//! id, metrics, one log line per call).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::queue::{Outcome, Queue, RecommendJob, UpsertJob, Work};
+use crate::request::{decode_images, Limits, Source, Validated};
+
+/// How much earlier than the client's deadline the server gives up (at most; a tenth of short
+/// deadlines): the answer must reach the client before its own timer fires, and tonic's server
+/// timer (which answers CANCELLED, not DEADLINE_EXCEEDED) starts a little before ours.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(25);
+
+/// Arrival time of a call, stamped by the first layer of the tower stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
+/// One call's identity and deadline.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Request id (from the message, the `x-request-id` header, or made up).
+    pub request_id: String,
+    /// When the call arrived.
+    pub arrival: Instant,
+    /// When the server stops working on it.
+    pub deadline: Instant,
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if !v.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Shared state of the running server.
+pub struct Core {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Request limits derived from it.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    queue: Queue,
+    /// Set once, when the model and catalog are loaded.
+    engine: OnceLock<Arc<Engine>>,
+    /// True once the warm-up passed (calls are accepted).
+    ready: AtomicBool,
+    /// True from the shutdown signal on (new calls are refused).
+    draining: AtomicBool,
+    next_id: AtomicU64,
+    id_prefix: String,
+}
+
+impl Core {
+    /// A core with no engine yet (calls answer UNAVAILABLE until [`Core::set_engine`]).
+    pub fn new(config: Arc<Config>, queue: Queue, metrics: Arc<Metrics>) -> Self {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        Self {
+            limits: Limits::from(config.as_ref()),
+            config,
+            metrics,
+            queue,
+            engine: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            id_prefix: format!("{:x}-{:x}", std::process::id(), t),
+        }
+    }
+
+    /// Installs the loaded engine.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// Accepts calls from now on.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Refuses new calls from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests admitted and not yet answered.
+    pub fn admitted(&self) -> usize {
+        self.queue.admitted()
+    }
+
+    /// Closes the queue (the workers exit once it is empty).
+    pub fn close_queue(&self) {
+        self.queue.close();
+    }
+
+    /// The engine once loaded, whatever the state.
+    pub fn loaded_engine(&self) -> Option<&Arc<Engine>> {
+        self.engine.get()
+    }
+
+    /// The engine, if calls are accepted now.
+    pub fn engine(&self) -> Result<&Arc<Engine>> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Error::Draining);
+        }
+        match self.engine.get() {
+            Some(e) if self.ready.load(Ordering::SeqCst) => Ok(e),
+            _ => Err(Error::NotReady),
+        }
+    }
+
+    /// Identity and deadline of a call from its metadata and extensions.
+    pub fn call<T>(&self, request: &tonic::Request<T>, request_id: &str) -> Call {
+        let arrival = request.extensions().get::<Arrival>().map_or_else(Instant::now, |a| a.0);
+        let server_max = Duration::from_secs(self.config.request_timeout_secs);
+        let client = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|d| d.saturating_sub(DEADLINE_MARGIN.min(d / 10)));
+        let deadline = arrival + client.map_or(server_max, |c| c.min(server_max));
+        let request_id = if !request_id.is_empty() {
+            request_id.chars().take(128).collect()
+        } else if let Some(h) = request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            h.chars().take(128).collect()
+        } else {
+            format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed))
+        };
+        Call { request_id, arrival, deadline }
+    }
+
+    /// Counts and logs a finished call.
+    pub fn finish<T>(&self, method: &'static str, call: &Call, result: &Result<T>) {
+        let elapsed = call.arrival.elapsed();
+        let status = result.as_ref().map_or_else(Error::kind, |_| "ok");
+        self.metrics.observe_call(method, status, elapsed);
+        match result {
+            Ok(_) => tracing::info!(method, request_id = %call.request_id, ms = elapsed.as_millis() as u64, "ok"),
+            Err(e @ (Error::Model(_) | Error::Catalog(_) | Error::Internal(_) | Error::Startup(_) | Error::Config(_))) => {
+                tracing::error!(method, request_id = %call.request_id, ms = elapsed.as_millis() as u64, error = %e, "failed")
+            }
+            Err(e) => tracing::info!(method, request_id = %call.request_id, ms = elapsed.as_millis() as u64, status, error = %e, "refused"),
+        }
+    }
+
+    /// Runs one recommendation: admission, image decoding (blocking pool), the queue, a worker.
+    pub async fn recommend(&self, call: &Call, request: Validated) -> Result<Outcome> {
+        let engine = self.engine()?.clone();
+        // Unknown ids are refused before taking a queue slot (the worker checks again, since the
+        // catalog may change in between).
+        if request.unknown_ids == crate::config::UnknownIds::Reject {
+            let unknown: Vec<String> = request
+                .candidates
+                .iter()
+                .filter(|c| matches!(c.source, Source::Catalog) && !engine.store.contains(&c.id))
+                .map(|c| c.id.clone())
+                .collect();
+            if !unknown.is_empty() {
+                return Err(Error::NotFound { what: "candidate ids", ids: unknown });
+            }
+        }
+        self.recommend_with(&engine, call, request).await
+    }
+
+    /// The warm-up: one recommendation through the whole path, before calls are accepted.
+    pub async fn warm_up(&self, engine: &Arc<Engine>) -> Result<Outcome> {
+        let limits = Limits { unknown_ids: crate::config::UnknownIds::Fallback, ..self.limits };
+        let request = crate::request::validate(
+            crate::proto::RecommendRequest {
+                request_id: "warm-up".into(),
+                dialogue: Some(crate::proto::recommend_request::Dialogue::Context(
+                    "<submission>Warm-up: which of these would you pick?</submission>\n".into(),
+                )),
+                candidate_ids: vec!["WARMUP0001".into(), "WARMUP0002".into()],
+                ..Default::default()
+            },
+            &limits,
+        )?;
+        let now = Instant::now();
+        let call = Call { request_id: "warm-up".into(), arrival: now, deadline: now + Duration::from_secs(24 * 3600) };
+        self.recommend_with(engine, &call, request).await
+    }
+
+    async fn recommend_with(&self, engine: &Arc<Engine>, call: &Call, mut request: Validated) -> Result<Outcome> {
+        let admission = self.queue.admit()?;
+        let has_images = request.candidates.iter().any(|c| matches!(c.source, Source::Inline { bytes: Some(_), .. }));
+        if has_images {
+            let e = engine.clone();
+            let decode = tokio::task::spawn_blocking(move || decode_images(&mut request, &e.model.encoder).map(|_| request));
+            request = match tokio::time::timeout_at(call.deadline.into(), decode).await {
+                Err(_) => return Err(Error::DeadlineExceeded(call.arrival.elapsed())),
+                Ok(Err(join)) => return Err(Error::Internal(format!("image decoding task failed: {join}"))),
+                Ok(Ok(r)) => r?,
+            };
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = RecommendJob {
+            request_id: call.request_id.clone(),
+            request,
+            deadline: call.deadline,
+            enqueued: Instant::now(),
+            reply,
+            admission,
+        };
+        self.queue.submit(Work::Recommend(job))?;
+        await_answer(call, answer).await
+    }
+
+    /// Encodes and stores catalog items on a model worker.
+    pub async fn upsert(&self, call: &Call, items: Vec<lavic_catalog::NewItem>) -> Result<lavic_catalog::UpsertReport> {
+        self.engine()?;
+        let admission = self.queue.admit()?;
+        let (reply, answer) = oneshot::channel();
+        self.queue.submit(Work::Upsert(UpsertJob { items, deadline: call.deadline, reply, admission }))?;
+        await_answer(call, answer).await
+    }
+}
+
+async fn await_answer<T>(call: &Call, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+    match tokio::time::timeout_at(call.deadline.into(), answer).await {
+        Err(_) => Err(Error::DeadlineExceeded(call.arrival.elapsed())),
+        Ok(Err(_)) => Err(Error::Internal("the model worker dropped the request".into())),
+        Ok(Ok(Err(Error::DeadlineExceeded(_)))) => Err(Error::DeadlineExceeded(call.arrival.elapsed())),
+        Ok(Ok(result)) => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! The model side of the server: loading (model, adapters, catalog or demo catalog) and the work a
+//! model worker does on one batch: resolve every candidate to its 5 image tokens (catalog, inline
+//! image or the reference's white-image fallback), check the prompt budget, then one
+//! `recommend_batch` call. Runs only on worker threads, never on the async runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use lavic_model::prompt::PromptCandidate;
+use lavic_model::{Candidate, LavicModel, LoadOptions, RecommendInput, RecommendOptions, Recommendation, Rgb8, Tensor};
+
+use crate::config::{Config, OverlongPolicy, UnknownIds};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::proto;
+use crate::request::{Source, Validated};
+use crate::store::Store;
+
+/// The model files of the embedded demo, found next to the sources (at build time) or under the
+/// current folder.
+#[derive(Debug, Clone)]
+pub struct DemoModel {
+    /// `tests/fixtures/tiny-mistral`.
+    pub model_dir: PathBuf,
+    /// `tests/fixtures/tokenizer/tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// `tests/fixtures/adapters/mistral-vision`.
+    pub vision_adapter: PathBuf,
+    /// `tests/fixtures/adapters/mistral-lm`.
+    pub lm_adapter: PathBuf,
+}
+
+impl DemoModel {
+    /// Locates the fixture model, or explains where it looked.
+    pub fn locate() -> Result<Self> {
+        let roots = [
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"),
+            PathBuf::from("tests/fixtures"),
+        ];
+        for root in &roots {
+            if root.join("tiny-mistral/config.json").is_file() {
+                let root = root.canonicalize().unwrap_or_else(|_| root.clone());
+                return Ok(Self {
+                    model_dir: root.join("tiny-mistral"),
+                    tokenizer: root.join("tokenizer/tokenizer.json"),
+                    vision_adapter: root.join("adapters/mistral-vision"),
+                    lm_adapter: root.join("adapters/mistral-lm"),
+                });
+            }
+        }
+        Err(Error::Startup(format!(
+            "no model configured (LAVIC_MODEL_DIR) and the embedded demo model is not at {} or {}",
+            roots[0].display(),
+            roots[1].display()
+        )))
+    }
+}
+
+/// The model's answer to one request, with the candidates that used the fallback.
+#[derive(Debug)]
+pub struct Answer {
+    /// The model's result.
+    pub recommendation: Recommendation,
+    /// Candidate ids that used the reference fallback ("No Title", white image).
+    pub fallback_ids: Vec<String>,
+}
+
+/// Settings the worker applies to every request.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    max_prompt_tokens: usize,
+    overlong: OverlongPolicy,
+}
+
+/// Loaded model + catalog, shared by the workers and (read-only) by handlers.
+pub struct Engine {
+    /// The model.
+    pub model: LavicModel,
+    /// The catalog.
+    pub store: Store,
+    /// The static part of `ModelInfo`.
+    pub info: proto::ModelInfoResponse,
+    settings: Settings,
+    /// Tokens of the reference's white image, computed once on first use.
+    white: OnceLock<Tensor>,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    /// Loads everything `config` names (blocking; minutes for a 7B model).
+    pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<Self> {
+        let device = lavic_model::parse_device(&config.device)?;
+        let mut opts = match &config.model_dir {
+            Some(dir) => {
+                let mut o = LoadOptions::new(dir);
+                o.tokenizer = config.tokenizer.clone();
+                o.vision_adapter = config.vision_adapter.clone();
+                o.lm_adapter = config.lm_adapter.clone();
+                o
+            }
+            None => {
+                let demo = DemoModel::locate()?;
+                let mut o = LoadOptions::new(&demo.model_dir);
+                o.tokenizer = Some(config.tokenizer.clone().unwrap_or(demo.tokenizer));
+                o.vision_adapter = Some(config.vision_adapter.clone().unwrap_or(demo.vision_adapter));
+                o.lm_adapter = Some(config.lm_adapter.clone().unwrap_or(demo.lm_adapter));
+                o
+            }
+        };
+        opts.dtype = Some(config.dtype.dtype());
+        opts.device = device;
+        opts.decode_limits.max_bytes = config.max_image_bytes;
+        let t = Instant::now();
+        let model = LavicModel::load(&opts)?;
+        tracing::info!(model = %opts.model_dir.display(), secs = t.elapsed().as_secs_f32(), "model loaded");
+        let store = match &config.catalog_dir {
+            Some(dir) => Store::open(dir, &model.encoder)?,
+            None => Store::demo(&model.encoder)?,
+        };
+        tracing::info!(catalog = %store.dir().display(), items = store.len(), "catalog opened");
+        metrics.catalog_items.set(store.len() as i64);
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let info = proto::ModelInfoResponse {
+            model_dir: opts.model_dir.display().to_string(),
+            tokenizer: opts.tokenizer.clone().unwrap_or_else(|| opts.model_dir.join("tokenizer.json")).display().to_string(),
+            vision_adapter: path(&opts.vision_adapter),
+            lm_adapter: path(&opts.lm_adapter),
+            dtype: config.dtype.as_str().into(),
+            device: config.device.clone(),
+            encoder_fingerprint: model.encoder.fingerprint().to_string(),
+            catalog_dir: store.dir().display().to_string(),
+            catalog_fingerprint: store.fingerprint(),
+            catalog_items: 0,
+            max_candidates: config.max_candidates as u32,
+            max_prompt_tokens: config.max_prompt_tokens as u32,
+            overlong_policy: match config.overlong_policy {
+                OverlongPolicy::Shorten => "shorten".into(),
+                OverlongPolicy::Reject => "reject".into(),
+            },
+            demo: config.is_demo(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let settings = Settings { max_prompt_tokens: config.max_prompt_tokens, overlong: config.overlong_policy };
+        Ok(Self { model, store, info, settings, white: OnceLock::new(), metrics })
+    }
+
+    /// `ModelInfo` with the current catalog size.
+    pub fn model_info(&self) -> proto::ModelInfoResponse {
+        proto::ModelInfoResponse { catalog_items: self.store.len() as u64, ..self.info.clone() }
+    }
+
+    /// The metrics the engine updates.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn white_tokens(&self) -> Result<Tensor> {
+        if let Some(t) = self.white.get() {
+            return Ok(t.clone());
+        }
+        let t = self.encode_images(&[self.model.encoder.white_image()])?.remove(0);
+        Ok(self.white.get_or_init(|| t).clone())
+    }
+
+    /// 5 projected tokens (`[5, hidden]`) per image, in one vision pass.
+    fn encode_images(&self, images: &[Rgb8]) -> Result<Vec<Tensor>> {
+        let enc = &self.model.encoder;
+        let projected = enc.project(&enc.encode_cls(images)?)?;
+        (0..images.len()).map(|i| projected.get(i).map_err(|e| Error::Model(e.into()))).collect()
+    }
+
+    /// Turns one validated request into the model's input; also returns the fallback ids.
+    fn prepare(&self, req: &Validated) -> Result<(RecommendInput, Vec<String>)> {
+        // Catalog lookups for every candidate not given inline.
+        let catalog_ids: Vec<&str> =
+            req.candidates.iter().filter(|c| matches!(c.source, Source::Catalog)).map(|c| c.id.as_str()).collect();
+        let found = if catalog_ids.is_empty() { Vec::new() } else { self.store.tokens(&catalog_ids, &self.model.encoder)? };
+        let unknown: Vec<String> =
+            catalog_ids.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(id, _)| id.to_string()).collect();
+        if !unknown.is_empty() && req.unknown_ids == UnknownIds::Reject {
+            return Err(Error::NotFound { what: "candidate ids", ids: unknown });
+        }
+        // Inline images, encoded together.
+        let images: Vec<Rgb8> = req
+            .candidates
+            .iter()
+            .filter_map(|c| match &c.source {
+                Source::Inline { image: Some(img), .. } => Some(img.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut inline_tokens = if images.is_empty() { Vec::new() } else { self.encode_images(&images)? }.into_iter();
+        let mut found = found.into_iter();
+        let mut candidates = Vec::with_capacity(req.candidates.len());
+        for c in &req.candidates {
+            let (title, tokens) = match &c.source {
+                Source::Catalog => match found.next().flatten() {
+                    Some(item) => (item.title, item.tokens),
+                    None => (String::new(), self.white_tokens()?),
+                },
+                Source::Inline { title, image: Some(_), .. } => {
+                    let t = inline_tokens.next().ok_or_else(|| Error::Internal("inline image tokens missing".into()))?;
+                    (title.clone(), t)
+                }
+                Source::Inline { title, image: None, .. } => (title.clone(), self.white_tokens()?),
+            };
+            candidates.push(Candidate { id: c.id.clone(), title, tokens });
+        }
+        // The prompt budget: shorten the dialogue from the front, or refuse.
+        let pcs: Vec<PromptCandidate> = candidates.iter().map(|c| PromptCandidate { id: &c.id, title: &c.title }).collect();
+        let budget = self.settings.max_prompt_tokens;
+        let built = self.model.build_prompt(&req.context, &pcs, Some(budget)).map_err(|e| match e {
+            lavic_model::Error::Input(m) => Error::invalid("candidate_ids", m),
+            other => Error::Model(other),
+        })?;
+        if built.shortened_tokens > 0 && self.settings.overlong == OverlongPolicy::Reject {
+            return Err(Error::invalid(
+                req.dialogue_field,
+                format!(
+                    "the prompt is over the budget of {budget} tokens ({} dialogue tokens too many); \
+                     shorten the dialogue or send fewer candidates",
+                    built.shortened_tokens
+                ),
+            ));
+        }
+        let options = RecommendOptions { mode: req.mode, max_prompt_tokens: Some(budget), ..Default::default() };
+        Ok((RecommendInput { context: req.context.clone(), candidates, options }, unknown))
+    }
+
+    /// Runs one batch: every request gets its own result, in order. Default-mode requests share
+    /// one forward pass; when a shared pass fails, each request is retried alone so one bad
+    /// request cannot fail its neighbours.
+    pub fn recommend(&self, requests: &[&Validated]) -> Vec<Result<Answer>> {
+        let mut out: Vec<Option<Result<Answer>>> = requests.iter().map(|_| None).collect();
+        let mut inputs = Vec::new();
+        let mut slots = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match self.prepare(r) {
+                Ok((input, fallback)) => {
+                    inputs.push(input);
+                    slots.push((i, fallback));
+                }
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        if !inputs.is_empty() {
+            self.metrics.batch_size.observe(inputs.len() as f64);
+            let mut results = self.model.recommend_batch(&inputs);
+            if inputs.len() > 1 && results.iter().all(|r| r.is_err()) {
+                tracing::warn!(batch = inputs.len(), "batched pass failed; retrying each request alone");
+                results = inputs.iter().map(|input| self.model.recommend(input)).collect();
+            }
+            for ((i, fallback), r) in slots.into_iter().zip(results) {
+                out[i] = Some(r.map(|recommendation| Answer { recommendation, fallback_ids: fallback }).map_err(classify));
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Internal("request not processed".into())))).collect()
+    }
+}
+
+/// Model errors on a request that passed validation: input problems the validation cannot see
+/// (e.g. two ids that tokenise the same) are the caller's; the rest are ours.
+fn classify(e: lavic_model::Error) -> Error {
+    match e {
+        lavic_model::Error::Input(m) if !m.starts_with("batched scoring failed") && m != "request not processed" => {
+            Error::invalid("candidate_ids", m)
+        }
+        lavic_model::Error::Image(m) => Error::invalid("inline_items", m),
+        other => Error::Model(other),
+    }
+}

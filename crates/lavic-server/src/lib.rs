@@ -1,0 +1,43 @@
+#![warn(missing_docs)]
+//! lavic-server: the LaViC recommendation service over gRPC (tonic) and the `lavic` binary.
+//!
+//! A request carries a shopper's dialogue and 2..N candidate items (catalog ids or inline items
+//! with an image); the model picks the one that fits best and says whether its own answer was a
+//! candidate (`valid`). Layout, read top-down:
+//!
+//! - [`config`]: defaults -> TOML -> `LAVIC_*` env -> flags, validated at start;
+//! - [`error`]: the one error enum and its one mapping to gRPC status codes;
+//! - [`request`]: validation of a `RecommendRequest` (every refusal names the field);
+//! - [`queue`]: admission (semaphore) and the bounded queue to the model workers;
+//! - [`engine`] + [`store`]: model, catalog and the work on one batch; [`worker`]: the threads;
+//! - [`core`] + [`service`]: thin handlers over the shared core;
+//! - [`server`]: the tower stack, health, reflection, start-up, warm-up and drain;
+//! - [`metrics`]: Prometheus on a separate port; [`client`]: the CLI's gRPC client commands.
+
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod queue;
+pub mod request;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod worker;
+
+pub use config::{Config, ServeArgs};
+pub use error::{Error, Result};
+pub use queue::Gate;
+pub use server::{serve, shutdown_signal, Hooks, Listeners, CATALOG_SERVICE, RECOMMENDER_SERVICE};
+
+/// Code generated from `proto/lavic/v1/*.proto` (package `lavic.v1`): messages, the
+/// `recommender_client` / `catalog_client` clients and the server traits.
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("lavic.v1");
+
+    /// Encoded descriptor set of the lavic protos (served by reflection).
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lavic_v1_descriptor.bin"));
+}

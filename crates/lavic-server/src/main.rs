@@ -1,0 +1,96 @@
+//! The `lavic` binary: `serve` (the gRPC server), `healthcheck` (exit 0 iff SERVING),
+//! `recommend` (a client to try it) and `catalog ...` (build and manage item catalogs).
+
+use clap::{Parser, Subcommand};
+use lavic_server::client::{HealthcheckArgs, RecommendArgs};
+use lavic_server::config::{unknown_env_vars, LogFormat};
+use lavic_server::{Config, Hooks, Listeners, ServeArgs};
+use tracing_subscriber::EnvFilter;
+
+/// LaViC visually-aware conversational recommendation over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "lavic", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (with no configuration: the embedded demo model and catalog).
+    Serve(Box<ServeArgs>),
+    /// Check a server's grpc.health.v1 status; exit 0 iff SERVING.
+    Healthcheck(HealthcheckArgs),
+    /// Ask a running server for a recommendation.
+    Recommend(RecommendArgs),
+    /// Build, verify and inspect item catalogs.
+    Catalog {
+        /// What to do.
+        #[command(subcommand)]
+        command: lavic_catalog::cli::CatalogCommand,
+    },
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = match Config::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            init_logging(LogFormat::Text, "info");
+            return Err(e.into());
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml_redacted());
+        return Ok(());
+    }
+    init_logging(config.log_format, &config.log);
+    for name in unknown_env_vars(std::env::vars()) {
+        tracing::warn!(variable = %name, "unknown LAVIC_* environment variable ignored");
+    }
+    tracing::info!(?config, "configuration");
+    let shutdown = lavic_server::shutdown_signal();
+    let listeners = Listeners::bind(&config).await?;
+    lavic_server::serve(listeners, config, Hooks::default(), shutdown).await?;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lavic: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(&args)),
+        Command::Healthcheck(args) => match runtime.block_on(lavic_server::client::healthcheck(&args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Command::Recommend(args) => runtime.block_on(lavic_server::client::recommend(&args)),
+        Command::Catalog { command } => {
+            init_logging(LogFormat::Text, &std::env::var("LAVIC_LOG").unwrap_or_else(|_| "info".into()));
+            lavic_catalog::cli::run(command)
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lavic: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

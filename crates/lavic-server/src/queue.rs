@@ -1,0 +1,252 @@
+//! Admission and the bounded queue between the gRPC handlers (async) and the model workers
+//! (plain threads), as TGI's `Infer` + `queue.rs`: a semaphore `try_acquire` admits a request or
+//! sheds it with RESOURCE_EXHAUSTED; each admitted job carries its own reply channel and
+//! deadline, so a worker can skip work whose caller is gone.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::request::Validated;
+use lavic_model::Recommendation;
+
+/// A recommendation waiting for a worker.
+pub struct RecommendJob {
+    /// The caller's request id (for logs).
+    pub request_id: String,
+    /// The validated request, images decoded.
+    pub request: Validated,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// When the job entered the queue.
+    pub enqueued: Instant,
+    /// Where the answer goes (the handler awaits the other end).
+    pub reply: oneshot::Sender<Result<Outcome>>,
+    /// Keeps the admission slot until the job is answered or dropped.
+    pub admission: Admission,
+}
+
+/// What a worker answers for one recommendation.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The model's result.
+    pub recommendation: Recommendation,
+    /// Candidates that used the reference fallback.
+    pub fallback_ids: Vec<String>,
+    /// Requests in the same forward pass.
+    pub batch_size: usize,
+    /// Time spent in the queue.
+    pub queue_time: Duration,
+    /// Worker time of the whole batch.
+    pub inference_time: Duration,
+}
+
+/// A catalog upsert (image encoding is model work, so it runs on a worker too).
+pub struct UpsertJob {
+    /// Items to store.
+    pub items: Vec<lavic_catalog::NewItem>,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<lavic_catalog::UpsertReport>>,
+    /// Keeps the admission slot.
+    pub admission: Admission,
+}
+
+/// Work for a model worker.
+pub enum Work {
+    /// A recommendation (batched with others).
+    Recommend(RecommendJob),
+    /// A catalog upsert (run alone).
+    Upsert(UpsertJob),
+}
+
+impl Work {
+    /// Whether nobody waits for this work any more (deadline passed or caller gone); `None` if
+    /// it is still wanted, else the reason for the metrics.
+    pub fn abandoned(&self, now: Instant) -> Option<&'static str> {
+        let (deadline, closed) = match self {
+            Work::Recommend(j) => (j.deadline, j.reply.is_closed()),
+            Work::Upsert(j) => (j.deadline, j.reply.is_closed()),
+        };
+        if now >= deadline {
+            Some("deadline")
+        } else if closed {
+            Some("cancelled")
+        } else {
+            None
+        }
+    }
+}
+
+/// An admitted request's slot: counted in `lavic_inflight_requests` until dropped.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.metrics.inflight.dec();
+    }
+}
+
+/// The sending side: admission control plus the bounded channel to the workers.
+pub struct Queue {
+    /// Bounded so that memory stays bounded even if admission were bypassed. Taken (dropped)
+    /// by [`Queue::close`] so that the workers stop once the queue is empty.
+    tx: Mutex<Option<SyncSender<Work>>>,
+    /// One permit per admitted request (queued or running); `try_acquire` sheds the excess.
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The receiving side, shared by the workers (the lock is held only while taking jobs).
+pub type SharedReceiver = Arc<Mutex<Receiver<Work>>>;
+
+impl Queue {
+    /// A queue admitting at most `capacity` requests at once.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, SharedReceiver) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let q = Self { tx: Mutex::new(Some(tx)), permits: Arc::new(Semaphore::new(capacity)), capacity, metrics };
+        (q, Arc::new(Mutex::new(rx)))
+    }
+
+    /// Admits one request or refuses with RESOURCE_EXHAUSTED.
+    pub fn admit(&self) -> Result<Admission> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| Error::Overloaded(self.capacity))?;
+        self.metrics.inflight.inc();
+        Ok(Admission { _permit: permit, metrics: self.metrics.clone() })
+    }
+
+    /// Hands admitted work to the workers.
+    pub fn submit(&self, work: Work) -> Result<()> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else { return Err(Error::Draining) };
+        match tx.try_send(work) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                Ok(())
+            }
+            // Cannot happen while every job holds a permit (channel size = permits), but a full
+            // channel must shed load, never block the runtime.
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded(self.capacity)),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Internal("the model workers have stopped".into())),
+        }
+    }
+}
+
+impl Queue {
+    /// Requests admitted and not yet answered (queued, decoding or running).
+    pub fn admitted(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+
+    /// Closes the queue: later submits fail, and the workers exit once it is empty.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// A test hook that holds every batch before it runs, so tests can make the worker "slow"
+/// deterministically (overload, deadline and drain tests). Open by default.
+#[derive(Clone, Default)]
+pub struct Gate {
+    inner: Arc<GateInner>,
+}
+
+#[derive(Default)]
+struct GateInner {
+    /// Whether batches may pass; guarded by the mutex so waiters see changes with the condvar.
+    closed: Mutex<bool>,
+    changed: Condvar,
+    waiting: AtomicUsize,
+    passed: AtomicUsize,
+}
+
+impl Gate {
+    /// A closed gate: batches wait at it until [`Gate::open`].
+    pub fn closed() -> Self {
+        let g = Self::default();
+        g.close();
+        g
+    }
+
+    /// Holds batches from now on.
+    pub fn close(&self) {
+        *self.inner.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    /// Lets every waiting and future batch through.
+    pub fn open(&self) {
+        *self.inner.closed.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.inner.changed.notify_all();
+    }
+
+    /// Batches currently waiting at the gate.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Batches that went through.
+    pub fn passed(&self) -> usize {
+        self.inner.passed.load(Ordering::SeqCst)
+    }
+
+    /// Waits (async) until `n` batches wait at the gate; panics after 30 s (tests only).
+    pub async fn wait_for_waiting(&self, n: usize) {
+        let start = Instant::now();
+        while self.waiting() < n {
+            assert!(start.elapsed() < Duration::from_secs(30), "gate: {} batches waiting, expected {n}", self.waiting());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Called by a worker before running a batch: blocks while the gate is closed.
+    pub(crate) fn pass(&self) {
+        let mut closed = self.inner.closed.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.waiting.fetch_add(1, Ordering::SeqCst);
+        while *closed {
+            closed = self.inner.changed.wait(closed).unwrap_or_else(|e| e.into_inner());
+        }
+        self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.inner.passed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_sheds_beyond_capacity_and_frees_on_drop() {
+        let metrics = Arc::new(Metrics::new());
+        let (q, _rx) = Queue::new(2, metrics.clone());
+        let a = q.admit().unwrap();
+        let _b = q.admit().unwrap();
+        assert!(matches!(q.admit(), Err(Error::Overloaded(2))));
+        assert_eq!(metrics.inflight.get(), 2);
+        drop(a);
+        assert!(q.admit().is_ok());
+    }
+
+    #[test]
+    fn a_closed_gate_holds_a_batch_until_opened() {
+        let gate = Gate::closed();
+        let g = gate.clone();
+        let t = std::thread::spawn(move || g.pass());
+        while gate.waiting() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(gate.passed(), 0);
+        gate.open();
+        t.join().unwrap();
+        assert_eq!(gate.passed(), 1);
+    }
+}

@@ -1,0 +1,304 @@
+//! The server as a function of its listeners and a shutdown future ([`serve`], as mini-redis'
+//! `server::run`): tests bind port 0 and stop it deterministically. Lifecycle:
+//!
+//! 1. health `""` SERVING and `lavic.v1.Recommender` / `lavic.v1.Catalog` NOT_SERVING; gRPC and
+//!    metrics listen at once (calls answer UNAVAILABLE while loading);
+//! 2. model + catalog load on a blocking thread, the workers start, a warm-up request runs
+//!    through the whole path, then the services turn SERVING;
+//! 3. on shutdown: NOT_SERVING, new calls UNAVAILABLE, in-flight calls finish (bounded by the
+//!    grace period), then HTTP/2 GOAWAY and exit.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::core::{Arrival, Core};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::metrics::{serve_metrics, Metrics};
+use crate::proto::{catalog_server::CatalogServer, recommender_server::RecommenderServer};
+use crate::queue::{Gate, Queue};
+use crate::service::{CatalogService, RecommenderService};
+use crate::worker::{self, BatchPolicy};
+
+/// Health service name of the recommender (what readiness probes check).
+pub const RECOMMENDER_SERVICE: &str = "lavic.v1.Recommender";
+/// Health service name of the catalog.
+pub const CATALOG_SERVICE: &str = "lavic.v1.Catalog";
+
+/// The sockets the server answers on.
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Prometheus `/metrics` (None: no metrics endpoint).
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Self> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr).await.map_err(|e| Error::Startup(format!("cannot listen on {addr}: {e}")))
+        };
+        Ok(Self { grpc: bind(config.grpc_addr).await?, metrics: Some(bind(config.metrics_addr).await?) })
+    }
+}
+
+/// Test hooks (all off in production).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Holds every batch (the warm-up's included) until opened.
+    pub gate: Option<Gate>,
+}
+
+/// Stamps each call's arrival time (the first layer of the stack).
+fn stamp_arrival(mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+    req.extensions_mut().insert(Arrival(Instant::now()));
+    Ok(req)
+}
+
+/// Builds the tonic server with its tower stack and services (one comment per layer) and
+/// returns the future that serves `incoming` until `stop` resolves.
+fn grpc_server(
+    config: &Config,
+    core: Arc<Core>,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    incoming: TcpIncoming,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<impl Future<Output = std::result::Result<(), tonic::transport::Error>> + Send> {
+    let mut server = Server::builder();
+    // TLS, when a certificate and key are configured (otherwise plaintext h2c).
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::Startup(format!("cannot read {}: {e}", p.display())));
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        server = server
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Startup(format!("TLS configuration: {e}")))?;
+    }
+    let limit = config.max_message_bytes;
+    let recommender = RecommenderServer::new(RecommenderService::new(core.clone()))
+        // Compression: accept and answer gzip or zstd when the client asks for it.
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd)
+        // Message size limits, both directions.
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let catalog = CatalogServer::new(CatalogService::new(core))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    // Server reflection, v1 and v1alpha (grpcurl and ghz use them). Both describe every service
+    // served here: ours, health, and both reflection versions.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let router = server
+        // Dead-peer detection on idle connections (HTTP/2 PING every 30 s, 10 s to answer).
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Bound the streams one connection may open; admission bounds the model work itself.
+        .max_concurrent_streams(Some(1024))
+        // First layer: stamp each call's arrival so deadlines count from it, not from when its
+        // body was decoded.
+        .layer(tonic::service::InterceptorLayer::new(stamp_arrival as fn(_) -> _))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(recommender)
+        .add_service(catalog);
+    Ok(router.serve_with_incoming_shutdown(incoming, stop))
+}
+
+async fn set_services(health: &HealthReporter, status: ServingStatus) {
+    for name in [RECOMMENDER_SERVICE, CATALOG_SERVICE] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Runs the server on `listeners` until `shutdown` resolves, then drains (see the module doc).
+/// Returns an error if the model or catalog cannot be loaded or the warm-up fails.
+pub async fn serve(
+    listeners: Listeners,
+    config: Config,
+    hooks: Hooks,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let (queue, rx) = Queue::new(config.queue_capacity, metrics.clone());
+    let core = Arc::new(Core::new(config.clone(), queue, metrics.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    set_services(&health, ServingStatus::NotServing).await;
+
+    // Metrics from the start, until the very end (the oneshot stops its HTTP server).
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = listeners.metrics.map(|l| {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+        tokio::spawn(serve_metrics(l, metrics.clone(), async move {
+            let _ = metrics_stopped.await;
+        }))
+    });
+
+    let grpc_addr = listeners.grpc.local_addr().map_err(|e| Error::Startup(e.to_string()))?;
+    // Fired once draining is done: tonic then sends GOAWAY and finishes the open streams.
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let grpc = grpc_server(&config, core.clone(), health_service, incoming, async move {
+        let _ = grpc_stopped.await;
+    })?;
+    let mut grpc_task = tokio::spawn(grpc);
+    tracing::info!(addr = %grpc_addr, tls = config.tls_cert.is_some(), "gRPC listening");
+
+    tokio::pin!(shutdown);
+    let mut workers = Vec::new();
+    let started = tokio::select! {
+        r = start(&config, &core, &health, &metrics, rx, hooks, &mut workers) => Some(r),
+        _ = &mut shutdown => None,
+    };
+    match started {
+        Some(Ok(())) => {
+            tokio::select! {
+                _ = &mut shutdown => {}
+                r = &mut grpc_task => {
+                    return Err(Error::Startup(format!("gRPC server stopped: {}", r.map_or_else(|e| e.to_string(), |r| format!("{r:?}")))));
+                }
+            }
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "start-up failed");
+            core.close_queue();
+            if let Some(engine) = core.loaded_engine() {
+                engine.store.close();
+            }
+            let _ = stop_grpc.send(());
+            let _ = stop_metrics.send(());
+            return Err(e);
+        }
+        None => tracing::info!("shutdown requested while loading"),
+    }
+
+    // Drain: refuse new calls, let admitted ones finish within the grace period.
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let until = Instant::now() + grace;
+    core.start_draining();
+    metrics.ready.set(0);
+    set_services(&health, ServingStatus::NotServing).await;
+    tracing::info!(inflight = core.admitted(), grace_secs = grace.as_secs(), "draining");
+    while core.admitted() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Close connections (GOAWAY) and wait for the streams still open, within what is left.
+    let _ = stop_grpc.send(());
+    let left = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    if tokio::time::timeout(left, &mut grpc_task).await.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+        grpc_task.abort();
+    }
+    // Let the workers finish what they hold and exit, then remove the demo catalog's folder.
+    core.close_queue();
+    let left = until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    let joined = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())));
+    if tokio::time::timeout(left, joined).await.is_err() {
+        tracing::warn!("model workers still busy at the end of the grace period");
+    }
+    if let Some(engine) = core.loaded_engine() {
+        engine.store.close();
+    }
+    let _ = stop_metrics.send(());
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
+    tracing::info!(unfinished = core.admitted(), "stopped");
+    Ok(())
+}
+
+/// Loads the engine, starts the workers, warms up, and marks the services SERVING.
+async fn start(
+    config: &Arc<Config>,
+    core: &Arc<Core>,
+    health: &HealthReporter,
+    metrics: &Arc<Metrics>,
+    rx: crate::queue::SharedReceiver,
+    hooks: Hooks,
+    workers: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<()> {
+    let t = Instant::now();
+    let (c, m) = (config.clone(), metrics.clone());
+    let engine = tokio::task::spawn_blocking(move || Engine::load(&c, m))
+        .await
+        .map_err(|e| Error::Startup(format!("loading panicked: {e}")))??;
+    let engine = Arc::new(engine);
+    let policy = BatchPolicy { max_batch: config.max_batch, window: Duration::from_millis(config.batch_window_ms) };
+    *workers = worker::spawn(config.workers, engine.clone(), rx, policy, hooks.gate)
+        .map_err(|e| Error::Startup(format!("cannot start the model workers: {e}")))?;
+    core.set_engine(engine.clone());
+    if config.warmup {
+        let o = core.warm_up(&engine).await.map_err(|e| Error::Startup(format!("warm-up failed: {e}")))?;
+        tracing::info!(ms = o.inference_time.as_millis() as u64, prompt_tokens = o.recommendation.prompt_tokens, "warm-up passed");
+    }
+    core.set_ready();
+    metrics.ready.set(1);
+    set_services(health, ServingStatus::Serving).await;
+    tracing::info!(secs = t.elapsed().as_secs_f32(), demo = config.is_demo(), "serving");
+    Ok(())
+}
+
+/// A future that resolves on the first SIGTERM or SIGINT (Ctrl-C); a second signal then exits
+/// the process at once. The handlers are installed when this function is called (not when the
+/// future is first polled), so a signal can never hit the default disposition after it returns.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+        async move {
+            let Ok((mut term, mut int)) = handlers else {
+                tracing::error!("cannot install signal handlers; only Ctrl-C will stop the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "shutdown signal received; draining");
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::warn!("second signal: exiting without draining");
+                std::process::exit(130);
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The catalog as the server uses it: a [`lavic_catalog::Catalog`] (lock-free reads, serialised
+//! writes, both on `&self`) with errors mapped to ours, plus the embedded demo catalog built at
+//! start-up from the fixture images.
+
+use std::path::{Path, PathBuf};
+
+use lavic_catalog::{Catalog, CatalogItem, ItemInfo, NewItem, StoreForm, UpsertReport};
+use lavic_model::ImageEncoder;
+
+use crate::error::{Error, Result};
+
+/// Items of the demo catalog: id, made-up title, image (the fixture images, embedded).
+pub const DEMO_ITEMS: [(&str, &str, &[u8]); 5] = [
+    ("DEMO000001", "Stoneware Coffee Mug, 12 oz, Speckled Glaze", include_bytes!("../../../tests/fixtures/images/square.jpg")),
+    ("DEMO000002", "Canvas Messenger Bag with Red Shoulder Strap", include_bytes!("../../../tests/fixtures/images/wide2.png")),
+    ("DEMO000003", "Slim LED Light Bar for Desks, Warm White", include_bytes!("../../../tests/fixtures/images/wide3.jpg")),
+    ("DEMO000004", "Insulated Water Bottle, 750 ml, Matte Finish", include_bytes!("../../../tests/fixtures/images/tall.png")),
+    ("DEMO000005", "Enamel Pin, Retro Pixel Heart", include_bytes!("../../../tests/fixtures/images/small.png")),
+];
+
+/// The catalog shared by handlers and workers.
+pub struct Store {
+    dir: PathBuf,
+    catalog: Catalog,
+    /// The demo catalog's temporary folder (removed by [`Store::close`] or on drop); in a mutex
+    /// so that `close` can take it through the shared reference.
+    temp: std::sync::Mutex<Option<tempfile::TempDir>>,
+}
+
+fn catalog_err(e: lavic_catalog::Error) -> Error {
+    match e {
+        lavic_catalog::Error::InvalidArgument(m) => Error::invalid("items", m),
+        other => Error::Catalog(other.to_string()),
+    }
+}
+
+impl Store {
+    /// Opens the catalog at `dir` and checks it was built by `encoder`'s numbers.
+    pub fn open(dir: &Path, encoder: &ImageEncoder) -> Result<Self> {
+        let catalog = Catalog::open(dir).map_err(catalog_err)?;
+        catalog.check_encoder(encoder).map_err(catalog_err)?;
+        Ok(Self { dir: dir.to_path_buf(), catalog, temp: std::sync::Mutex::new(None) })
+    }
+
+    /// Builds the demo catalog in a new temporary folder (under the system temp dir).
+    pub fn demo(encoder: &ImageEncoder) -> Result<Self> {
+        let temp = tempfile::Builder::new()
+            .prefix("lavic-demo-catalog-")
+            .tempdir()
+            .map_err(|e| Error::Catalog(format!("cannot create a temporary folder: {e}")))?;
+        let dir = temp.path().join("catalog");
+        let catalog = Catalog::create_empty(&dir, encoder, StoreForm::Cls).map_err(catalog_err)?;
+        let items: Vec<NewItem> = DEMO_ITEMS
+            .iter()
+            .map(|(id, title, image)| NewItem {
+                id: id.to_string(),
+                title: title.to_string(),
+                image: Some(image.to_vec()),
+                metadata: serde_json::json!({ "demo": true }),
+            })
+            .collect();
+        let report = catalog.upsert(&items, encoder).map_err(catalog_err)?;
+        if let Some((id, why)) = report.failed.first() {
+            return Err(Error::Catalog(format!("demo item {id}: {why}")));
+        }
+        Ok(Self { dir, catalog, temp: std::sync::Mutex::new(Some(temp)) })
+    }
+
+    /// Removes the demo catalog's temporary folder (nothing for a real catalog). Call it once
+    /// no request can use the catalog any more.
+    pub fn close(&self) {
+        if let Some(t) = self.temp.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Err(e) = t.close() {
+                tracing::warn!(error = %e, "cannot remove the demo catalog folder");
+            }
+        }
+    }
+
+    /// The catalog folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.catalog.len()
+    }
+
+    /// Whether the catalog has no items.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The catalog's encoder fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.catalog.fingerprint().to_string()
+    }
+
+    /// Whether `id` is a live item (cheap: an index lookup).
+    pub fn contains(&self, id: &str) -> bool {
+        self.catalog.contains(id)
+    }
+
+    /// Image tokens of `ids` (None for unknown ids).
+    pub fn tokens(&self, ids: &[&str], encoder: &ImageEncoder) -> Result<Vec<Option<CatalogItem>>> {
+        self.catalog.tokens(ids, encoder).map_err(catalog_err)
+    }
+
+    /// One item's stored description.
+    pub fn get(&self, id: &str) -> Result<Option<ItemInfo>> {
+        self.catalog.get(id).map_err(catalog_err)
+    }
+
+    /// Encodes and stores items.
+    pub fn upsert(&self, items: &[NewItem], encoder: &ImageEncoder) -> Result<UpsertReport> {
+        self.catalog.upsert(items, encoder).map_err(catalog_err)
+    }
+
+    /// Deletes items; returns how many existed.
+    pub fn delete(&self, ids: &[&str]) -> Result<usize> {
+        self.catalog.delete(ids).map_err(catalog_err)
+    }
+}
