@@ -12,8 +12,21 @@ use crate::error::{Error, Result};
 use crate::lora::Linear;
 use crate::weights::Weights;
 
-/// Additive mask value for a blocked position (finite, so fully padded rows stay NaN-free).
-pub const MASKED: f32 = f32::MIN;
+/// Additive mask value for a blocked position. Infinite, because `exp` of a huge finite negative
+/// number takes libm's slow underflow path (it dominated CPU profiles); masks never leave a row
+/// fully blocked (see [`finish_rows`]), so softmax stays NaN-free.
+pub const MASKED: f32 = f32::NEG_INFINITY;
+
+/// Opens every fully blocked row (padding queries) to all keys: their outputs are never read,
+/// and a row of only `-inf` would make softmax produce NaN, which then leaks into other rows
+/// through `0 * NaN` in `probs @ V`.
+pub(crate) fn finish_rows(data: &mut [f32], s: usize) {
+    for row in data.chunks_mut(s) {
+        if row.iter().all(|&v| v == MASKED) {
+            row.fill(0.0);
+        }
+    }
+}
 
 struct RmsNorm {
     weight: Tensor,
@@ -339,6 +352,7 @@ pub fn mask_from_fn(
             }
         }
     }
+    finish_rows(&mut data, s);
     Ok(Tensor::from_vec(data, (b, 1, t, s), device)?)
 }
 

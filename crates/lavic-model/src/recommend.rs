@@ -18,8 +18,9 @@ use candle_core::Tensor;
 
 use crate::decoder::mask_from_fn;
 use crate::error::{Error, Result};
-use crate::model::{argmax, LavicModel};
-use crate::prompt::{ends_word, match_candidate, parse_reference_id, recommendation_head, recommendation_tail, PromptCandidate, TokenizedPrompt};
+use crate::model::LavicModel;
+use crate::anyres::NUM_VIEWS;
+use crate::prompt::{ends_word, ITEM_TOKENS, match_candidate, parse_reference_id, recommendation_head, recommendation_tail, PromptCandidate, TokenizedPrompt};
 
 /// How the answer is produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,13 +153,27 @@ impl LavicModel {
 
     /// Token ids of each candidate id as it appears right after the prompt (prompt and id
     /// tokenised together, since context changes token boundaries).
+    ///
+    /// Normalisation and BPE run per segment between special tokens, so only the text after the
+    /// prompt's last `<ItemImageEmb5>` can change: that short tail is tokenised with each id
+    /// instead of the whole prompt (checked against the prompt's own tokens, else the full text).
     pub fn candidate_continuations(&self, prompt: &BuiltPrompt, ids: &[&str]) -> Result<Vec<Vec<u32>>> {
         let p = &prompt.tokens.ids;
+        let anchor = ITEM_TOKENS[NUM_VIEWS - 1];
+        let tail_start = prompt.text.rfind(anchor);
+        let tail = tail_start.map(|i| &prompt.text[i..]);
+        let tail_ids = match tail {
+            Some(t) => Some(self.tokenizer.encode_plain(t)?).filter(|ids| p.ends_with(ids)),
+            None => None,
+        };
         ids.iter()
             .map(|id| {
-                let joint = self.tokenizer.encode(&format!("{}{id}", prompt.text))?;
-                if joint.len() > p.len() && joint[..p.len()] == p[..] {
-                    Ok(joint[p.len()..].to_vec())
+                let (base, joint) = match (tail, &tail_ids) {
+                    (Some(t), Some(tids)) => (tids, self.tokenizer.encode_plain(&format!("{t}{id}"))?),
+                    _ => (p, self.tokenizer.encode(&format!("{}{id}", prompt.text))?),
+                };
+                if joint.len() > base.len() && joint[..base.len()] == base[..] {
+                    Ok(joint[base.len()..].to_vec())
                 } else {
                     // The id merged into the prompt's last token; use its standalone pieces.
                     tracing::warn!(id, "candidate id changes the prompt's last token; scoring its standalone tokens");
@@ -269,8 +284,19 @@ impl LavicModel {
             .iter()
             .zip(per_tree)
             .map(|(t, logits)| {
-                let logprobs = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f32>()?;
-                t.score(self, &logits.to_vec2::<f32>()?, &logprobs)
+                // Only what scoring needs leaves the device: each row's arg-max and, per node, the
+                // log-probability of its token under its parent's row.
+                let argmax = logits.argmax(1)?.to_vec1::<u32>()?;
+                let logprobs = candle_nn::ops::log_softmax(&logits, 1)?;
+                let vocab = logprobs.dim(1)?;
+                let idx: Vec<u32> = (0..t.trie.nodes.len())
+                    .map(|j| (t.row_before(j) * vocab + t.trie.nodes[j].token as usize) as u32)
+                    .collect();
+                let node_lp = logprobs
+                    .flatten_all()?
+                    .index_select(&Tensor::new(idx.as_slice(), logprobs.device())?, 0)?
+                    .to_vec1::<f32>()?;
+                t.score(self, &argmax, &node_lp)
             })
             .collect()
     }
@@ -295,7 +321,7 @@ impl LavicModel {
         }
         let embeds = Tensor::stack(&rows, 0)?;
         let window = self.decoder().sliding_window();
-        let mask = mask_from_fn(trees.len(), len, len, &device, |r, q, k| trees[r].allowed(q, k, window))?;
+        let mask = tree_mask(trees, len, window, &device)?;
         let mut cache = self.decoder().new_cache();
         let hidden_states = self.forward(&embeds, &positions, &mask, &mut cache)?;
         let mut flat = Vec::new();
@@ -344,6 +370,37 @@ impl LavicModel {
             })
             .collect()
     }
+}
+
+/// The additive mask of a batch of trees, `[B, 1, len, len]`, written row by row (prompt rows
+/// causal, node rows the prompt plus their ancestors, padding rows themselves). A sliding window,
+/// if the model has one shorter than the rows, is applied through [`Tree::allowed`].
+fn tree_mask(trees: &[&Tree], len: usize, window: Option<usize>, device: &candle_core::Device) -> Result<Tensor> {
+    if window.is_some_and(|w| w < len) {
+        return mask_from_fn(trees.len(), len, len, device, |r, q, k| trees[r].allowed(q, k, window));
+    }
+    let mut data = vec![crate::decoder::MASKED; trees.len() * len * len];
+    for (r, t) in trees.iter().enumerate() {
+        let base = r * len * len;
+        let p = t.prompt_len;
+        for q in 0..len {
+            let row = &mut data[base + q * len..base + (q + 1) * len];
+            if q < p {
+                row[..=q].fill(0.0);
+            } else if q < t.len() {
+                row[..p].fill(0.0);
+                let mut j = Some(q - p);
+                while let Some(n) = j {
+                    row[p + n] = 0.0;
+                    j = t.trie.nodes[n].parent;
+                }
+            } else {
+                row[q] = 0.0;
+            }
+        }
+    }
+    crate::decoder::finish_rows(&mut data, len);
+    Ok(Tensor::from_vec(data, (trees.len(), 1, len, len), device)?)
 }
 
 /// A trie node: one token of one or more candidate ids.
@@ -463,14 +520,15 @@ impl Tree {
     }
 
     /// Scores from the logits at [last prompt position, node 0, node 1, ...].
-    fn score(&self, model: &LavicModel, logits: &[Vec<f32>], logprobs: &[Vec<f32>]) -> Result<Recommendation> {
+    /// Scores from each logit row's arg-max (row 0 = last prompt position, j + 1 = node j) and
+    /// each node's token log-probability.
+    fn score(&self, model: &LavicModel, argmax: &[u32], node_lp: &[f32]) -> Result<Recommendation> {
         let mut scores: Vec<CandidateScore> = self
             .ids
             .iter()
             .enumerate()
             .map(|(c, id)| {
-                let lp: f32 =
-                    self.path(c).iter().map(|&j| logprobs[self.row_before(j)][self.trie.nodes[j].token as usize]).sum();
+                let lp: f32 = self.path(c).iter().map(|&j| node_lp[j]).sum();
                 let n = self.conts[c].len();
                 CandidateScore { id: id.clone(), logprob: lp, mean_logprob: lp / n as f32, tokens: n }
             })
@@ -483,7 +541,7 @@ impl Tree {
         let mut produced: Vec<u32> = Vec::new();
         let mut completed: Option<usize> = None;
         while produced.len() < self.max_new {
-            let next = argmax(&logits[row]);
+            let next = argmax[row];
             if let Some(j) = level.iter().copied().find(|&j| self.trie.nodes[j].token == next) {
                 produced.push(next);
                 completed = self.trie.nodes[j].completes;
@@ -519,5 +577,42 @@ impl Tree {
             prompt_tokens: self.prompt_len,
             shortened_tokens: self.shortened,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(prompt_len: usize, conts: Vec<Vec<u32>>) -> Tree {
+        Tree {
+            ids: (0..conts.len()).map(|i| format!("c{i}")).collect(),
+            trie: Trie::build(&conts).unwrap(),
+            conts,
+            prompt_len,
+            shortened: 0,
+            embeds: Tensor::zeros((1, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+            max_new: 10,
+        }
+    }
+
+    #[test]
+    fn fast_tree_mask_equals_the_definition() {
+        let a = tree(4, vec![vec![1, 2, 3], vec![1, 2, 4], vec![5], vec![1, 6, 7, 8]]);
+        let b = tree(6, vec![vec![9, 9], vec![9, 8]]);
+        assert_eq!(a.trie.nodes.len(), 8, "shared first tokens are one node");
+        let trees = [&a, &b];
+        let len = a.len().max(b.len());
+        let dev = candle_core::Device::Cpu;
+        let fast = tree_mask(&trees, len, None, &dev).unwrap();
+        let slow = mask_from_fn(2, len, len, &dev, |r, q, k| trees[r].allowed(q, k, None)).unwrap();
+        let d = (fast - slow).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn duplicate_and_empty_ids_are_refused() {
+        assert!(Trie::build(&[vec![1, 2], vec![1, 2]]).is_err());
+        assert!(Trie::build(&[vec![]]).is_err());
     }
 }

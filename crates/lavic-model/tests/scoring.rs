@@ -198,3 +198,30 @@ fn default_mode_agrees_with_free_mode_on_both_branches() {
     assert_eq!(valid_seen, 3, "the arranged answer is valid when listed");
     assert_eq!(invalid_seen, 6);
 }
+
+#[test]
+fn fast_continuations_equal_whole_prompt_tokenization() {
+    let model = LavicModel::load(&options("mistral")).unwrap();
+    let text = std::fs::read_to_string(shared_data().join("reddit-amazon/all_beauty/valid.jsonl")).unwrap();
+    for line in text.lines().take(60) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ids: Vec<&str> = v["candidates_st"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        let mut all = ids.clone();
+        all.extend(["sku-12", "B0", "x y", ":colon", "é-unicode"]);
+        let pc: Vec<lavic_model::PromptCandidate> =
+            ids.iter().map(|id| lavic_model::PromptCandidate { id, title: "A title" }).collect();
+        let prompt = model.build_prompt(v["context"].as_str().unwrap(), &pc, None).unwrap();
+        let fast = model.candidate_continuations(&prompt, &all).unwrap();
+        for (id, cont) in all.iter().zip(&fast) {
+            let joint = model.tokenizer.encode(&format!("{}{id}", prompt.text)).unwrap();
+            let n = prompt.tokens.ids.len();
+            if joint[..n] == prompt.tokens.ids[..] {
+                assert_eq!(&joint[n..], &cont[..], "{id}");
+            } else {
+                // ":colon" merges with the prompt's final ':'; the documented fallback applies.
+                assert_eq!(*id, ":colon");
+                assert_eq!(cont, &model.tokenizer.encode_plain(id).unwrap());
+            }
+        }
+    }
+}
