@@ -16,6 +16,8 @@ pub mod projector;
 pub mod prompt;
 pub mod recommend;
 pub mod resample;
+#[doc(hidden)]
+pub mod testing;
 pub mod weights;
 
 pub use anyres::{AnyResConfig, DecodeLimits, NUM_VIEWS};

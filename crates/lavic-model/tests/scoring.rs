@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use common::*;
 use lavic_model::recommend::{Candidate, Mode, RecommendInput, RecommendOptions};
-use lavic_model::{DType, Device, LavicModel, LoadOptions, Tensor};
+use lavic_model::{DType, LavicModel, LoadOptions, Tensor};
 
 const IDS: [&str; 20] = [
     "B0012GVT7O", "B07XJ8C8F5", "B08LYS9WYD", "B0776Y43KM", "B01N5IB20Q", "B00004OCNS", "B09G9FPHY6",
@@ -104,62 +103,12 @@ fn default_mode_uses_one_forward_pass_and_batches() {
     assert_eq!(single[0].pick.as_deref(), Some(single[0].scores[0].id.as_str()), "invalid: best-scoring candidate");
 }
 
-/// Writes a copy of tiny-mistral whose greedy decode after `Assistant:` spells `answer`.
+/// A copy of tiny-mistral whose greedy decode after `Assistant:` spells `answer`.
 fn arranged_model(dir: &Path, answer: &str) -> LavicModel {
-    let src = fixtures().join("tiny-mistral");
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "safetensors") {
-            for (k, v) in candle_core::safetensors::load(&p, &Device::Cpu).unwrap() {
-                tensors.insert(k, v.to_dtype(DType::F32).unwrap());
-            }
-        }
-        if p.extension().is_some_and(|x| x == "json") && !p.ends_with("model.safetensors.index.json") {
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    // Which tokens spell the answer right after the prompt.
-    let plain = LavicModel::load(&{
-        let mut o = LoadOptions::new(&src);
-        o.tokenizer = Some(fixtures().join("tokenizer/tokenizer.json"));
-        o.dtype = Some(DType::F32);
-        o
-    })
-    .unwrap();
-    let probe = plain
-        .build_prompt("<submission>x</submission>\n", &[lavic_model::PromptCandidate { id: "X", title: "Y" }], None)
-        .unwrap();
-    let cont = plain.candidate_continuations(&probe, &[answer]).unwrap().remove(0);
-    let last = *probe.tokens.ids.last().unwrap();
-    let mut chain = vec![last];
-    chain.extend(&cont);
-    chain.push(13); // "\n": the answer ends there, as a trained model's would
-
-    let mut seen = std::collections::HashSet::new();
-    assert!(chain.iter().all(|t| seen.insert(*t)), "answer tokens must be distinct: {chain:?}");
-
-    let emb_key = "language_model.model.embed_tokens.weight";
-    let emb = (tensors[emb_key].clone() * 1000.0).unwrap();
-    let norm = tensors["language_model.model.norm.weight"].to_vec1::<f32>().unwrap();
-    let mut head = tensors["language_model.lm_head.weight"].to_vec2::<f32>().unwrap();
-    let emb_rows = emb.to_vec2::<f32>().unwrap();
-    for pair in chain.windows(2) {
-        let e = &emb_rows[pair[0] as usize];
-        let rms = (e.iter().map(|x| x * x).sum::<f32>() / e.len() as f32).sqrt();
-        let dir: Vec<f32> = e.iter().zip(&norm).map(|(x, w)| x / rms * w).collect();
-        let len = dir.iter().map(|x| x * x).sum::<f32>().sqrt();
-        head[pair[1] as usize] = dir.iter().map(|x| 8.0 * x / len).collect();
-    }
-    tensors.insert(emb_key.into(), emb);
-    let (v, h) = tensors["language_model.lm_head.weight"].dims2().unwrap();
-    tensors.insert(
-        "language_model.lm_head.weight".into(),
-        Tensor::from_vec(head.into_iter().flatten().collect::<Vec<f32>>(), (v, h), &Device::Cpu).unwrap(),
-    );
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let tok = fixtures().join("tokenizer/tokenizer.json");
+    lavic_model::testing::write_arranged_checkpoint(&fixtures().join("tiny-mistral"), &tok, dir, answer).unwrap();
     let mut o = LoadOptions::new(dir);
-    o.tokenizer = Some(fixtures().join("tokenizer/tokenizer.json"));
+    o.tokenizer = Some(tok);
     o.vision_adapter = Some(fixtures().join("adapters/mistral-vision"));
     o.dtype = Some(DType::F32);
     LavicModel::load(&o).unwrap()
