@@ -35,9 +35,21 @@ fn catalog_err(e: lavic_catalog::Error) -> Error {
 }
 
 impl Store {
-    /// Opens the catalog at `dir` and checks it was built by `encoder`'s numbers.
+    /// Opens the catalog at `dir` and checks it was built by `encoder`'s numbers. A folder the
+    /// process cannot write (the read-only volume of the Kubernetes manifests) is opened
+    /// read-only: Catalog upserts and deletes then apply in memory only and are lost on restart.
     pub fn open(dir: &Path, encoder: &ImageEncoder) -> Result<Self> {
-        let catalog = Catalog::open(dir).map_err(catalog_err)?;
+        let writable = tempfile::tempfile_in(dir).is_ok();
+        let catalog = if writable {
+            Catalog::open(dir)
+        } else {
+            tracing::warn!(
+                dir = %dir.display(),
+                "catalog folder is not writable: Catalog.UpsertItems/DeleteItems apply in memory only and are lost on restart"
+            );
+            Catalog::open_read_only(dir)
+        }
+        .map_err(catalog_err)?;
         catalog.check_encoder(encoder).map_err(catalog_err)?;
         Ok(Self { dir: dir.to_path_buf(), catalog, temp: std::sync::Mutex::new(None) })
     }
