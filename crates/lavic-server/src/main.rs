@@ -1,5 +1,12 @@
 //! The `lavic` binary: `serve` (the gRPC server), `healthcheck` (exit 0 iff SERVING),
-//! `recommend` (a client to try it) and `catalog ...` (build and manage item catalogs).
+//! `recommend` (a client to try it), `catalog ...` (build and manage item catalogs), `eval`
+//! (HR@1 / VR of a model on a Reddit-Amazon conversation file) and `prompt` (the exact prompts).
+
+mod dataset;
+mod eval;
+mod eval_metrics;
+mod progress;
+mod prompt_cmd;
 
 use clap::{Parser, Subcommand};
 use lavic_server::client::{HealthcheckArgs, RecommendArgs};
@@ -29,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: lavic_catalog::cli::CatalogCommand,
     },
+    /// Evaluate a model on a Reddit-Amazon conversation file: HR@1 (per ground-truth pair, as the
+    /// reference, and per conversation), VR, candidate recall, prompt tokens, latency.
+    Eval(Box<eval::EvalArgs>),
+    /// Print the exact recommendation prompt of each conversation as JSON lines.
+    Prompt(prompt_cmd::PromptArgs),
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -85,6 +97,11 @@ fn main() -> std::process::ExitCode {
             init_logging(LogFormat::Text, &std::env::var("LAVIC_LOG").unwrap_or_else(|_| "info".into()));
             lavic_catalog::cli::run(command)
         }
+        Command::Eval(args) => {
+            init_logging(LogFormat::Text, &std::env::var("LAVIC_LOG").unwrap_or_else(|_| "warn".into()));
+            eval::run(&args).map(|_| ())
+        }
+        Command::Prompt(args) => prompt_cmd::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
