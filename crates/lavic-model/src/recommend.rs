@@ -52,11 +52,16 @@ pub struct RecommendOptions {
     pub max_prompt_tokens: Option<usize>,
     /// Greedy budget (the reference's `max_new_tokens = 10`).
     pub max_new_tokens: usize,
+    /// Default mode: score every candidate even when the greedy answer is valid. Scoring needs
+    /// the output head over the whole vocabulary at every trie row; without it the head runs only
+    /// at the rows the greedy replay visits (the pick and flag are the same either way). Invalid
+    /// answers are always scored, since the pick is then the best-scoring candidate.
+    pub scores: bool,
 }
 
 impl Default for RecommendOptions {
     fn default() -> Self {
-        Self { mode: Mode::Default, max_prompt_tokens: None, max_new_tokens: 10 }
+        Self { mode: Mode::Default, max_prompt_tokens: None, max_new_tokens: 10, scores: false }
     }
 }
 
@@ -95,7 +100,8 @@ pub struct Recommendation {
     pub raw_answer: String,
     /// The reference's parse of the answer: first `\bB[A-Z0-9]{9}\b`, candidate or not.
     pub parsed_id: Option<String>,
-    /// Candidates best first by total log-likelihood (default mode only).
+    /// Candidates best first by total log-likelihood (default mode only, when asked for with
+    /// [`RecommendOptions::scores`] or when the answer was invalid; else empty).
     pub scores: Vec<CandidateScore>,
     /// Tokens in the prompt the model saw.
     pub prompt_tokens: usize,
@@ -274,36 +280,50 @@ impl LavicModel {
             shortened: prompt.shortened_tokens,
             embeds,
             max_new: input.options.max_new_tokens,
+            want_scores: input.options.scores,
         })
     }
 
-    /// One forward over every tree (rows padded at the end), then per-tree scoring.
+    /// One forward over every tree (rows padded at the end), then per-tree scoring. The output
+    /// head (a `hidden x vocab` product per row, which dominates on small models) runs lazily:
+    /// one row per step of the greedy replay, and over every scoring row only when scores are
+    /// needed. Each row's logits are the same whichever rows are computed with it.
     fn score_trees(&self, trees: Vec<&Tree>) -> Result<Vec<Recommendation>> {
-        let per_tree = self.forward_trees(&trees)?;
+        let hidden = self.forward_trees_hidden(&trees)?;
+        let len = hidden.dim(1)?;
         trees
             .iter()
-            .zip(per_tree)
-            .map(|(t, logits)| {
-                // Only what scoring needs leaves the device: each row's arg-max and, per node, the
-                // log-probability of its token under its parent's row.
-                let argmax = logits.argmax(1)?.to_vec1::<u32>()?;
-                let logprobs = candle_nn::ops::log_softmax(&logits, 1)?;
-                let vocab = logprobs.dim(1)?;
-                let idx: Vec<u32> = (0..t.trie.nodes.len())
-                    .map(|j| (t.row_before(j) * vocab + t.trie.nodes[j].token as usize) as u32)
-                    .collect();
-                let node_lp = logprobs
-                    .flatten_all()?
-                    .index_select(&Tensor::new(idx.as_slice(), logprobs.device())?, 0)?
-                    .to_vec1::<f32>()?;
-                t.score(self, &argmax, &node_lp)
+            .enumerate()
+            .map(|(r, t)| {
+                let flat = |row: usize| (r * len + t.prompt_len - 1 + row) as u32;
+                let argmax_at = |row: usize| -> Result<u32> {
+                    let logits = self.decoder().logits_at(&hidden, &[flat(row)])?;
+                    Ok(logits.argmax(1)?.to_vec1::<u32>()?[0])
+                };
+                let node_logprobs = || -> Result<Vec<f32>> {
+                    // Rows that predict some node (the last prompt position and inner nodes),
+                    // in one head product; only each node's log-probability leaves the device.
+                    let mut rows: Vec<usize> = (0..t.trie.nodes.len()).map(|j| t.row_before(j)).collect();
+                    rows.sort_unstable();
+                    rows.dedup();
+                    let flat_rows: Vec<u32> = rows.iter().map(|&row| flat(row)).collect();
+                    let logprobs = candle_nn::ops::log_softmax(&self.decoder().logits_at(&hidden, &flat_rows)?, 1)?;
+                    let vocab = logprobs.dim(1)?;
+                    let idx: Vec<u32> = (0..t.trie.nodes.len())
+                        .map(|j| {
+                            let at = rows.binary_search(&t.row_before(j)).unwrap_or_default();
+                            (at * vocab + t.trie.nodes[j].token as usize) as u32
+                        })
+                        .collect();
+                    Ok(logprobs.flatten_all()?.index_select(&Tensor::new(idx.as_slice(), logprobs.device())?, 0)?.to_vec1::<f32>()?)
+                };
+                t.score(self, argmax_at, node_logprobs)
             })
             .collect()
     }
 
-    /// ONE decoder pass over all trees; per tree the f32 logits `[1 + nodes, vocab]` at its last
-    /// prompt position and at each of its trie nodes.
-    fn forward_trees(&self, trees: &[&Tree]) -> Result<Vec<Tensor>> {
+    /// ONE decoder pass over all trees: the final hidden states `[trees, len, hidden]`.
+    fn forward_trees_hidden(&self, trees: &[&Tree]) -> Result<Tensor> {
         let len = trees.iter().map(|t| t.len()).max().unwrap_or(0);
         let device = trees[0].embeds.device().clone();
         let hidden = self.decoder().hidden_size();
@@ -323,32 +343,18 @@ impl LavicModel {
         let window = self.decoder().sliding_window();
         let mask = tree_mask(trees, len, window, &device)?;
         let mut cache = self.decoder().new_cache();
-        let hidden_states = self.forward(&embeds, &positions, &mask, &mut cache)?;
-        let mut flat = Vec::new();
-        for (r, t) in trees.iter().enumerate() {
-            flat.push((r * len + t.prompt_len - 1) as u32);
-            flat.extend((0..t.trie.nodes.len()).map(|j| (r * len + t.prompt_len + j) as u32));
-        }
-        let logits = self.decoder().logits_at(&hidden_states, &flat)?;
-        let mut out = Vec::with_capacity(trees.len());
-        let mut at = 0;
-        for t in trees {
-            let n = t.trie.nodes.len() + 1;
-            out.push(logits.narrow(0, at, n)?);
-            at += n;
-        }
-        Ok(out)
+        self.forward(&embeds, &positions, &mask, &mut cache)
     }
 
     /// For each candidate, the f32 logits `[id tokens, vocab]` that predict its id tokens, from
     /// the single tree pass that default mode runs.
     pub fn candidate_logits(&self, input: &RecommendInput) -> Result<Vec<Tensor>> {
         let tree = self.prepare_tree(input)?;
-        let logits = self.forward_trees(&[&tree])?.remove(0);
+        let hidden = self.forward_trees_hidden(&[&tree])?;
         (0..tree.ids.len())
             .map(|c| {
-                let rows: Vec<u32> = tree.path(c).iter().map(|&j| tree.row_before(j) as u32).collect();
-                Ok(logits.index_select(&Tensor::new(rows.as_slice(), logits.device())?, 0)?)
+                let rows: Vec<u32> = tree.path(c).iter().map(|&j| (tree.prompt_len - 1 + tree.row_before(j)) as u32).collect();
+                self.decoder().logits_at(&hidden, &rows)
             })
             .collect()
     }
@@ -478,6 +484,8 @@ struct Tree {
     shortened: usize,
     embeds: Tensor,
     max_new: usize,
+    /// Score every candidate even when the answer is valid.
+    want_scores: bool,
 }
 
 impl Tree {
@@ -519,20 +527,15 @@ impl Tree {
         base && (q >= n || k >= n || window.is_none_or(|w| pos(q) - pos(k).min(pos(q)) < w))
     }
 
-    /// Scores from the logits at [last prompt position, node 0, node 1, ...].
-    /// Scores from each logit row's arg-max (row 0 = last prompt position, j + 1 = node j) and
-    /// each node's token log-probability.
-    fn score(&self, model: &LavicModel, argmax: &[u32], node_lp: &[f32]) -> Result<Recommendation> {
-        let mut scores: Vec<CandidateScore> = self
-            .ids
-            .iter()
-            .enumerate()
-            .map(|(c, id)| {
-                let lp: f32 = self.path(c).iter().map(|&j| node_lp[j]).sum();
-                let n = self.conts[c].len();
-                CandidateScore { id: id.clone(), logprob: lp, mean_logprob: lp / n as f32, tokens: n }
-            })
-            .collect();
+    /// The recommendation from each logit row's arg-max (row 0 = last prompt position, j + 1 =
+    /// node j; asked for lazily, along the greedy path) and, when scores are needed, each node's
+    /// token log-probability.
+    fn score(
+        &self,
+        model: &LavicModel,
+        mut argmax_at: impl FnMut(usize) -> Result<u32>,
+        node_logprobs: impl FnOnce() -> Result<Vec<f32>>,
+    ) -> Result<Recommendation> {
         // Replay the unconstrained greedy decode through the trie. It is valid when it completes an
         // id and then stops (budget, or a next token that does not continue the id's word, as
         // `match_candidate` judges FREE mode's text); invalid as soon as it leaves every path.
@@ -541,7 +544,7 @@ impl Tree {
         let mut produced: Vec<u32> = Vec::new();
         let mut completed: Option<usize> = None;
         while produced.len() < self.max_new {
-            let next = argmax[row];
+            let next = argmax_at(row)?;
             if let Some(j) = level.iter().copied().find(|&j| self.trie.nodes[j].token == next) {
                 produced.push(next);
                 completed = self.trie.nodes[j].completes;
@@ -562,7 +565,24 @@ impl Tree {
             break;
         }
         let raw_answer = model.tokenizer.decode(&produced, true)?;
-        scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+        let scores = match completed {
+            Some(_) if !self.want_scores => Vec::new(),
+            _ => {
+                let node_lp = node_logprobs()?;
+                let mut scores: Vec<CandidateScore> = self
+                    .ids
+                    .iter()
+                    .enumerate()
+                    .map(|(c, id)| {
+                        let lp: f32 = self.path(c).iter().map(|&j| node_lp[j]).sum();
+                        let n = self.conts[c].len();
+                        CandidateScore { id: id.clone(), logprob: lp, mean_logprob: lp / n as f32, tokens: n }
+                    })
+                    .collect();
+                scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+                scores
+            }
+        };
         let valid = completed.is_some();
         let pick = match completed {
             Some(c) => self.ids[c].clone(),
@@ -593,6 +613,7 @@ mod tests {
             shortened: 0,
             embeds: Tensor::zeros((1, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
             max_new: 10,
+            want_scores: true,
         }
     }
 

@@ -41,7 +41,7 @@ fn input(model: &LavicModel, context: &str, ids: &[&str], mode: Mode) -> Recomme
             .enumerate()
             .map(|(i, id)| Candidate { id: id.to_string(), title: format!("Product number {i}"), tokens: imgs[i % imgs.len()].clone() })
             .collect(),
-        options: RecommendOptions { mode, ..Default::default() },
+        options: RecommendOptions { mode, scores: true, ..Default::default() },
     }
 }
 
@@ -130,6 +130,16 @@ fn default_mode_agrees_with_free_mode_on_both_branches() {
             let before = model.forward_passes();
             let fast = model.recommend(&input(&model, &ctx, ids, Mode::Default)).unwrap();
             assert_eq!(model.forward_passes() - before, 1);
+            // Without scores asked for, the output head runs only along the greedy path: same
+            // answer, flag and text; scores only when the answer is invalid (the pick needs them).
+            let mut lean_input = input(&model, &ctx, ids, Mode::Default);
+            lean_input.options.scores = false;
+            let lean = model.recommend(&lean_input).unwrap();
+            assert_eq!((&lean.pick, lean.valid, &lean.raw_answer), (&fast.pick, fast.valid, &fast.raw_answer));
+            assert_eq!(lean.scores.is_empty(), fast.valid, "{ids:?}");
+            if !fast.valid {
+                assert_eq!(lean.scores, fast.scores);
+            }
             assert_eq!(fast.valid, free.valid, "{ids:?}: FREE said {:?}, default said {:?}", free.raw_answer, fast.raw_answer);
             if free.valid {
                 valid_seen += 1;

@@ -224,7 +224,7 @@ impl Engine {
                 ),
             ));
         }
-        let options = RecommendOptions { mode: req.mode, max_prompt_tokens: Some(budget), ..Default::default() };
+        let options = RecommendOptions { mode: req.mode, max_prompt_tokens: Some(budget), scores: req.include_scores, ..Default::default() };
         Ok((RecommendInput { context: req.context.clone(), candidates, options }, unknown))
     }
 
