@@ -307,15 +307,11 @@ impl LavicModel {
                     rows.sort_unstable();
                     rows.dedup();
                     let flat_rows: Vec<u32> = rows.iter().map(|&row| flat(row)).collect();
-                    let logprobs = candle_nn::ops::log_softmax(&self.decoder().logits_at(&hidden, &flat_rows)?, 1)?;
-                    let vocab = logprobs.dim(1)?;
-                    let idx: Vec<u32> = (0..t.trie.nodes.len())
-                        .map(|j| {
-                            let at = rows.binary_search(&t.row_before(j)).unwrap_or_default();
-                            (at * vocab + t.trie.nodes[j].token as usize) as u32
-                        })
+                    let logits = self.decoder().logits_at(&hidden, &flat_rows)?;
+                    let picks: Vec<(usize, u32)> = (0..t.trie.nodes.len())
+                        .map(|j| (rows.binary_search(&t.row_before(j)).unwrap_or_default(), t.trie.nodes[j].token))
                         .collect();
-                    Ok(logprobs.flatten_all()?.index_select(&Tensor::new(idx.as_slice(), logprobs.device())?, 0)?.to_vec1::<f32>()?)
+                    pick_logprobs(&logits, &picks)
                 };
                 t.score(self, argmax_at, node_logprobs)
             })
@@ -376,6 +372,46 @@ impl LavicModel {
             })
             .collect()
     }
+}
+
+/// `log softmax(logits[row])[token]` for each `(row, token)` of `picks`; `logits` is f32
+/// `[rows, vocab]`. Only the picked entries and one log-sum-exp per row are formed (not the
+/// whole log-softmax matrix); on CPU the rows run in parallel, since the exponentials over the
+/// vocabulary are the cost there.
+fn pick_logprobs(logits: &Tensor, picks: &[(usize, u32)]) -> Result<Vec<f32>> {
+    let (rows, vocab) = logits.dims2()?;
+    if let Some(&(r, t)) = picks.iter().find(|&&(r, t)| r >= rows || t as usize >= vocab) {
+        return Err(Error::Input(format!("logit ({r}, {t}) is outside {rows} x {vocab}")));
+    }
+    let logits = logits.contiguous()?;
+    let (lse, picked): (Vec<f32>, Vec<f32>) = match &*logits.storage_and_layout().0 {
+        candle_core::Storage::Cpu(cpu) => {
+            let (start, end) = logits.layout().contiguous_offsets().unwrap_or((0, rows * vocab));
+            let data = &cpu.as_slice::<f32>()?[start..end];
+            use rayon::prelude::*;
+            let lse = data
+                .par_chunks(vocab)
+                .map(|row| {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+                })
+                .collect();
+            (lse, picks.iter().map(|&(r, t)| data[r * vocab + t as usize]).collect())
+        }
+        _ => return pick_logprobs_on_device(&logits, picks),
+    };
+    Ok(picks.iter().zip(picked).map(|(&(r, _), x)| x - lse[r]).collect())
+}
+
+/// [`pick_logprobs`] with tensor ops on the logits' device (GPU): only one log-sum-exp per row
+/// and the picked logits leave it.
+fn pick_logprobs_on_device(logits: &Tensor, picks: &[(usize, u32)]) -> Result<Vec<f32>> {
+    let vocab = logits.dim(1)?;
+    let max = logits.max_keepdim(1)?;
+    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + &max)?.flatten_all()?.to_vec1::<f32>()?;
+    let idx: Vec<u32> = picks.iter().map(|&(r, t)| (r * vocab + t as usize) as u32).collect();
+    let picked = logits.flatten_all()?.index_select(&Tensor::new(idx.as_slice(), logits.device())?, 0)?.to_vec1::<f32>()?;
+    Ok(picks.iter().zip(picked).map(|(&(r, _), x)| x - lse[r]).collect())
 }
 
 /// The additive mask of a batch of trees, `[B, 1, len, len]`, written row by row (prompt rows
@@ -615,6 +651,24 @@ mod tests {
             max_new: 10,
             want_scores: true,
         }
+    }
+
+    #[test]
+    fn picked_logprobs_equal_log_softmax_on_both_paths() {
+        let dev = candle_core::Device::Cpu;
+        let logits = (Tensor::randn(0f32, 4.0, (7, 1000), &dev).unwrap() * 3.0).unwrap();
+        let picks: Vec<(usize, u32)> = vec![(0, 0), (0, 999), (3, 17), (6, 500), (6, 501), (2, 2)];
+        let full = candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap();
+        for got in [pick_logprobs(&logits, &picks).unwrap(), pick_logprobs_on_device(&logits, &picks).unwrap()] {
+            for (&(r, t), g) in picks.iter().zip(got) {
+                assert!((g - full[r][t as usize]).abs() < 1e-4, "({r}, {t}): {g} vs {}", full[r][t as usize]);
+            }
+        }
+        // A strided (non-contiguous) view and an out-of-range pick.
+        let t = logits.t().unwrap().t().unwrap();
+        assert_eq!(pick_logprobs(&t, &picks).unwrap().len(), picks.len());
+        assert!(pick_logprobs(&logits, &[(7, 0)]).is_err());
+        assert!(pick_logprobs(&logits, &[(0, 1000)]).is_err());
     }
 
     #[test]
