@@ -17,6 +17,9 @@ use crate::weights::Weights;
 /// fully blocked (see [`finish_rows`]), so softmax stays NaN-free.
 pub const MASKED: f32 = f32::NEG_INFINITY;
 
+/// Query rows per attention block (see `Attention::forward`).
+const QUERY_BLOCK: usize = 256;
+
 /// Opens every fully blocked row (padding queries) to all keys: their outputs are never read,
 /// and a row of only `-inf` would make softmax produce NaN, which then leaks into other rows
 /// through `0 * NaN` in `probs @ V`.
@@ -90,23 +93,38 @@ impl Attention {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
+        // Long inputs run in blocks of query rows, so the f32 score tensor of one block
+        // (`heads x rows x keys`) stays small instead of growing with the square of the length;
+        // every row's softmax is independent, so the result is the same.
+        let mut blocks = Vec::new();
+        let mut start = 0;
+        while start < t {
+            let n = QUERY_BLOCK.min(t - start);
+            let (qb, mb) = if n == t { (q.clone(), mask.clone()) } else { (q.narrow(2, start, n)?, mask.narrow(2, start, n)?) };
+            blocks.push(self.attend(&qb, &k, &v, &mb)?);
+            start += n;
+        }
+        let ctx = if blocks.len() == 1 { blocks.remove(0) } else { Tensor::cat(&blocks, 2)? };
+        let ctx = ctx.transpose(1, 2)?.reshape((b, t, self.heads * hd))?;
+        self.o.forward(&ctx)
+    }
+
+    /// Softmax attention of queries `[B, heads, n, hd]` over keys/values `[B, kv_heads, s, hd]`
+    /// with the additive f32 mask `[B, 1, n, s]`; returns `[B, heads, n, hd]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, _, t, hd) = q.dims4()?;
         let s = k.dim(2)?;
         let rep = self.heads / self.kv_heads;
         // Grouped-query attention without copying K/V: fold the query heads of a group together.
-        let q = q.reshape((b, self.kv_heads, rep * t, hd))?;
+        let q = q.contiguous()?.reshape((b, self.kv_heads, rep * t, hd))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
             .to_dtype(DType::F32)?
             .reshape((b, self.kv_heads, rep, t, s))?
-            .broadcast_add(&mask.reshape((b, 1, 1, t, s))?)?;
+            .broadcast_add(&mask.contiguous()?.reshape((b, 1, 1, t, s))?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?
             .to_dtype(v.dtype())?
             .reshape((b, self.kv_heads, rep * t, s))?;
-        let ctx = probs
-            .matmul(&v)?
-            .reshape((b, self.heads, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, self.heads * hd))?;
-        self.o.forward(&ctx)
+        probs.matmul(v)?.reshape((b, self.heads, t, hd))
     }
 }
 
