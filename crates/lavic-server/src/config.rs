@@ -161,7 +161,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Requests admitted at once (queued or being processed); beyond it RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
-    /// Most requests in one forward pass.
+    /// Most requests in one forward pass. 1 by default: on CPU, batching default-mode requests
+    /// lowered throughput (docs/PERFORMANCE.md); the GPU overlay sets 4.
     pub max_batch: usize,
     /// Model worker threads (each runs whole batches; 1 is right for one device).
     pub workers: usize,
@@ -205,7 +206,7 @@ impl Default for Config {
             max_image_bytes: 8 << 20,
             max_message_bytes: 64 << 20,
             queue_capacity: 64,
-            max_batch: 4,
+            max_batch: 1,
             workers: 1,
             batch_window_ms: 0,
             request_timeout_secs: 60,
@@ -278,7 +279,7 @@ pub struct ServeArgs {
     /// Requests admitted at once [default: 64].
     #[arg(long, env = "LAVIC_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
-    /// Most requests per forward pass [default: 4].
+    /// Most requests per forward pass [default: 1].
     #[arg(long, env = "LAVIC_MAX_BATCH")]
     pub max_batch: Option<usize>,
     /// Model worker threads [default: 1].
