@@ -5,7 +5,9 @@
 //! every candidate to pick one) and an arranged copy whose greedy answer is candidate #3 (what a
 //! trained model does: VR is ~99% in the paper; default mode then runs the output head along the
 //! greedy path only). `default + scores` is default mode asked for every candidate's score
-//! (`include_scores`).
+//! (`include_scores`). `no shared prefix` is default mode with the instruction head's keys and
+//! values recomputed in every pass (`LoadOptions::share_prefix = false`) instead of taken from
+//! the cache computed at load.
 //!
 //! Run: `cargo bench -p lavic-model --bench model`. Numbers go to docs/PERFORMANCE.md.
 
@@ -52,7 +54,7 @@ const IDS: [&str; 20] = [
 ];
 
 /// A copy of the fixture whose greedy answer is `IDS[3]` (lavic_model::testing).
-fn arranged(dir: &std::path::Path) -> LavicModel {
+fn arranged(dir: &std::path::Path, share_prefix: bool) -> LavicModel {
     let f = root().join("tests/fixtures");
     let tok = f.join("tokenizer/tokenizer.json");
     lavic_model::testing::write_arranged_checkpoint(&f.join("tiny-mistral"), &tok, dir, IDS[3]).expect("arranged checkpoint");
@@ -60,6 +62,7 @@ fn arranged(dir: &std::path::Path) -> LavicModel {
     o.tokenizer = Some(tok);
     o.vision_adapter = Some(f.join("adapters/mistral-vision"));
     o.dtype = Some(DType::F32);
+    o.share_prefix = share_prefix;
     LavicModel::load(&o).expect("arranged model")
 }
 
@@ -96,7 +99,7 @@ fn benches(c: &mut Criterion) {
     let last = prompt.tokens.ids.len() - 1;
     c.bench_function("LM forward, 10-candidate prompt", |b| b.iter(|| model.prompt_logits(&embeds, &[last]).unwrap()));
     let dir = tempfile::tempdir().unwrap();
-    let trained = arranged(dir.path());
+    let trained = arranged(dir.path(), true);
     for (which, m) in [("fixture", &model), ("arranged", &trained)] {
         for n in [10, 20] {
             let modes = [("default", Mode::Default, false), ("default + scores", Mode::Default, true), ("free", Mode::Free, false)];
@@ -107,6 +110,17 @@ fn benches(c: &mut Criterion) {
                 c.bench_function(&format!("recommend {n} candidates, {name} mode, {which} model"), |b| b.iter(|| m.recommend(&inp).unwrap()));
             }
         }
+    }
+    // The instruction head's keys/values shared from load (the default, above) vs recomputed in
+    // every pass.
+    let dir2 = tempfile::tempdir().unwrap();
+    let unshared = arranged(dir2.path(), false);
+    for n in [10, 20] {
+        let inp = input(&unshared, n, Mode::Default, false);
+        assert_eq!(unshared.recommend(&inp).unwrap(), trained.recommend(&inp).unwrap());
+        c.bench_function(&format!("recommend {n} candidates, default mode, arranged model, no shared prefix"), |b| {
+            b.iter(|| unshared.recommend(&inp).unwrap())
+        });
     }
 }
 

@@ -38,6 +38,10 @@ pub struct LoadOptions {
     pub merge_lora: bool,
     /// Image decoding limits.
     pub decode_limits: DecodeLimits,
+    /// Run the recommendation prompt's fixed instruction head through the decoder once at load
+    /// and start every default-mode pass from its cached keys/values (same answers; see
+    /// `recommend`). Costs one pass over ~110 tokens at load.
+    pub share_prefix: bool,
 }
 
 impl LoadOptions {
@@ -52,6 +56,7 @@ impl LoadOptions {
             device: Device::Cpu,
             merge_lora: true,
             decode_limits: DecodeLimits::default(),
+            share_prefix: true,
         }
     }
 }
@@ -263,6 +268,16 @@ pub struct LavicModel {
     decoder: Decoder,
     config: LlavaConfig,
     forwards: AtomicU64,
+    /// Keys/values of the instruction head, shared by every default-mode pass.
+    pub(crate) prefix: Option<SharedPrefix>,
+}
+
+/// A prompt prefix that every recommendation starts with, run through the decoder once.
+pub(crate) struct SharedPrefix {
+    /// Its tokens (BOS first).
+    pub ids: Vec<u32>,
+    /// Its keys and values, one row.
+    pub cache: KvCache,
 }
 
 impl LavicModel {
@@ -275,7 +290,11 @@ impl LavicModel {
         let w = weights(&o, opts, opts.lm_adapter.as_deref())?;
         let decoder = Decoder::load(&w.pp("language_model"), &o.config.text, tokenizer.len())?;
         w.check_adapters_used()?;
-        Ok(Self { encoder, tokenizer, decoder, config: o.config, forwards: AtomicU64::new(0) })
+        let mut model = Self { encoder, tokenizer, decoder, config: o.config, forwards: AtomicU64::new(0), prefix: None };
+        if opts.share_prefix {
+            model.prefix = model.instruction_prefix()?;
+        }
+        Ok(model)
     }
 
     /// The checkpoint configuration.

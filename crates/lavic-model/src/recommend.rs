@@ -16,9 +16,9 @@
 
 use candle_core::Tensor;
 
-use crate::decoder::mask_from_fn;
+use crate::decoder::{causal_mask, mask_from_fn};
 use crate::error::{Error, Result};
-use crate::model::LavicModel;
+use crate::model::{LavicModel, SharedPrefix};
 use crate::anyres::NUM_VIEWS;
 use crate::prompt::{ends_word, ITEM_TOKENS, match_candidate, parse_reference_id, recommendation_head, recommendation_tail, PromptCandidate, TokenizedPrompt};
 
@@ -277,6 +277,7 @@ impl LavicModel {
             conts,
             trie,
             prompt_len: prompt.tokens.ids.len(),
+            prompt_ids: prompt.tokens.ids,
             shortened: prompt.shortened_tokens,
             embeds,
             max_new: input.options.max_new_tokens,
@@ -289,13 +290,13 @@ impl LavicModel {
     /// one row per step of the greedy replay, and over every scoring row only when scores are
     /// needed. Each row's logits are the same whichever rows are computed with it.
     fn score_trees(&self, trees: Vec<&Tree>) -> Result<Vec<Recommendation>> {
-        let hidden = self.forward_trees_hidden(&trees)?;
+        let (hidden, skip) = self.forward_trees_hidden(&trees)?;
         let len = hidden.dim(1)?;
         trees
             .iter()
             .enumerate()
             .map(|(r, t)| {
-                let flat = |row: usize| (r * len + t.prompt_len - 1 + row) as u32;
+                let flat = |row: usize| (r * len + t.prompt_len - skip - 1 + row) as u32;
                 let argmax_at = |row: usize| -> Result<u32> {
                     let logits = self.decoder().logits_at(&hidden, &[flat(row)])?;
                     Ok(logits.argmax(1)?.to_vec1::<u32>()?[0])
@@ -318,38 +319,73 @@ impl LavicModel {
             .collect()
     }
 
-    /// ONE decoder pass over all trees: the final hidden states `[trees, len, hidden]`.
-    fn forward_trees_hidden(&self, trees: &[&Tree]) -> Result<Tensor> {
+    /// ONE decoder pass over all trees: the final hidden states `[trees, len - skip, hidden]` of
+    /// every row after the first `skip`, which are the shared instruction prefix when every tree
+    /// starts with it (its keys/values come from the cache computed at load; 0 otherwise).
+    fn forward_trees_hidden(&self, trees: &[&Tree]) -> Result<(Tensor, usize)> {
         let len = trees.iter().map(|t| t.len()).max().unwrap_or(0);
         let device = trees[0].embeds.device().clone();
         let hidden = self.decoder().hidden_size();
         let dtype = trees[0].embeds.dtype();
+        let prefix = self.prefix.as_ref().filter(|p| {
+            trees.iter().all(|t| t.prompt_len > p.ids.len() && t.prompt_ids.starts_with(&p.ids))
+        });
+        let skip = prefix.map_or(0, |p| p.ids.len());
         let mut rows = Vec::with_capacity(trees.len());
         let mut positions = Vec::with_capacity(trees.len());
         for t in trees {
             let pad = len - t.len();
-            let e = t.embeds.squeeze(0)?;
+            let e = t.embeds.squeeze(0)?.narrow(0, skip, t.len() - skip)?;
             rows.push(if pad > 0 { Tensor::cat(&[&e, &Tensor::zeros((pad, hidden), dtype, &device)?], 0)? } else { e });
-            let mut pos: Vec<u32> = (0..t.prompt_len as u32).collect();
+            let mut pos: Vec<u32> = (skip as u32..t.prompt_len as u32).collect();
             pos.extend(t.trie.nodes.iter().map(|n| (t.prompt_len + n.depth - 1) as u32));
             pos.extend(std::iter::repeat_n(0u32, pad));
             positions.push(pos);
         }
         let embeds = Tensor::stack(&rows, 0)?;
         let window = self.decoder().sliding_window();
-        let mask = tree_mask(trees, len, window, &device)?;
+        let mut mask = tree_mask(trees, len, window, &device)?;
+        let mut cache = match prefix {
+            Some(p) => {
+                mask = mask.narrow(2, skip, len - skip)?;
+                p.cache.expand(trees.len())?
+            }
+            None => self.decoder().new_cache(),
+        };
+        Ok((self.forward(&embeds, &positions, &mask, &mut cache)?, skip))
+    }
+
+    /// Keys/values of the recommendation prompt's fixed head (BOS + instruction, without its
+    /// last token, which could merge with the conversation's first characters), from one causal
+    /// pass. A default-mode pass whose prompt starts with these tokens resumes from them: the
+    /// keys and values of a causal prefix do not depend on what follows it.
+    pub(crate) fn instruction_prefix(&self) -> Result<Option<SharedPrefix>> {
+        let mut ids = self.tokenizer.encode(recommendation_head())?;
+        ids.pop();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let device = self.encoder.device();
+        let embeds = self.decoder().embed(&Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?)?;
+        let mask = causal_mask(&[0], 0, ids.len(), self.decoder().sliding_window(), device)?;
         let mut cache = self.decoder().new_cache();
-        self.forward(&embeds, &positions, &mask, &mut cache)
+        self.forward(&embeds, &[(0..ids.len() as u32).collect()], &mask, &mut cache)?;
+        Ok(Some(SharedPrefix { ids, cache }))
+    }
+
+    /// Tokens of the shared instruction prefix (0 when prefix sharing is off).
+    pub fn shared_prefix_tokens(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.ids.len())
     }
 
     /// For each candidate, the f32 logits `[id tokens, vocab]` that predict its id tokens, from
     /// the single tree pass that default mode runs.
     pub fn candidate_logits(&self, input: &RecommendInput) -> Result<Vec<Tensor>> {
         let tree = self.prepare_tree(input)?;
-        let hidden = self.forward_trees_hidden(&[&tree])?;
+        let (hidden, skip) = self.forward_trees_hidden(&[&tree])?;
         (0..tree.ids.len())
             .map(|c| {
-                let rows: Vec<u32> = tree.path(c).iter().map(|&j| (tree.prompt_len - 1 + tree.row_before(j)) as u32).collect();
+                let rows: Vec<u32> = tree.path(c).iter().map(|&j| (tree.prompt_len - skip - 1 + tree.row_before(j)) as u32).collect();
                 self.decoder().logits_at(&hidden, &rows)
             })
             .collect()
@@ -517,6 +553,8 @@ struct Tree {
     conts: Vec<Vec<u32>>,
     trie: Trie,
     prompt_len: usize,
+    /// The prompt's token ids (to check it starts with the shared prefix).
+    prompt_ids: Vec<u32>,
     shortened: usize,
     embeds: Tensor,
     max_new: usize,
@@ -646,6 +684,7 @@ mod tests {
             trie: Trie::build(&conts).unwrap(),
             conts,
             prompt_len,
+            prompt_ids: Vec::new(),
             shortened: 0,
             embeds: Tensor::zeros((1, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
             max_new: 10,

@@ -184,3 +184,84 @@ fn fast_continuations_equal_whole_prompt_tokenization() {
         }
     }
 }
+
+/// Default mode with the instruction head's keys/values computed once at load (the default)
+/// against the full pass from token 0: same logits within 1e-4, same picks, flags, answers and
+/// scores, single requests and a batch, on both text models, a sliding-window copy (window
+/// shorter than the prompt, so the prefix leaves the window of later rows) and the arranged model
+/// (valid answers).
+#[test]
+fn shared_instruction_prefix_gives_the_same_answers_as_the_full_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tiny-mistral with a 64-token sliding window (weights linked, config edited).
+    let windowed = tmp.path().join("windowed");
+    std::fs::create_dir(&windowed).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny-mistral")).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_owned();
+        if name == "config.json" {
+            let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            cfg["text_config"]["sliding_window"] = 64.into();
+            std::fs::write(windowed.join(name), cfg.to_string()).unwrap();
+        } else {
+            std::fs::copy(&p, windowed.join(name)).unwrap();
+        }
+    }
+    let arranged_dir = tmp.path().join("arranged");
+    let answer = "B7XKQ";
+    lavic_model::testing::write_arranged_checkpoint(&fixtures().join("tiny-mistral"), &fixtures().join("tokenizer/tokenizer.json"), &arranged_dir, answer).unwrap();
+    let mut windowed_opts = options("mistral");
+    windowed_opts.model_dir = windowed;
+    let mut arranged_opts = options("mistral");
+    arranged_opts.model_dir = arranged_dir;
+    arranged_opts.lm_adapter = None;
+
+    let with_answer = ["B0012GVT7O", "B7XKQ", "B08LYS9WYD", "B7XKZ", "B0776Y43KM"];
+    let cases: Vec<(&str, LoadOptions, Vec<&[&str]>)> = vec![
+        ("mistral", options("mistral"), vec![&IDS[..10], &IDS[..20]]),
+        ("llama", options("llama"), vec![&IDS[..10]]),
+        ("mistral, window 64", windowed_opts, vec![&IDS[..10]]),
+        ("arranged", arranged_opts, vec![&with_answer[..], &IDS[..10]]),
+    ];
+    let mut valid_seen = 0;
+    for (name, opts, id_sets) in cases {
+        let shared = LavicModel::load(&opts).unwrap();
+        let mut full_opts = opts.clone();
+        full_opts.share_prefix = false;
+        let full = LavicModel::load(&full_opts).unwrap();
+        assert!(shared.shared_prefix_tokens() > 100, "{name}: the instruction head is ~110 tokens");
+        assert_eq!(full.shared_prefix_tokens(), 0);
+        if name.contains("window") {
+            assert_eq!(shared.decoder().sliding_window(), Some(64));
+        }
+        for ids in id_sets {
+            let inputs: Vec<RecommendInput> = contexts().iter().map(|c| input(&shared, c, ids, Mode::Default)).collect();
+            for inp in &inputs {
+                for (a, b) in shared.candidate_logits(inp).unwrap().iter().zip(full.candidate_logits(inp).unwrap()) {
+                    let e = max_abs(a, &b);
+                    assert!(e < 1e-4, "{name}, {} candidates: logits differ by {e}", ids.len());
+                }
+                let before = shared.forward_passes();
+                let a = shared.recommend(inp).unwrap();
+                assert_eq!(shared.forward_passes() - before, 1, "{name}: still one pass per request");
+                let b = full.recommend(inp).unwrap();
+                assert_same(name, &a, &b);
+                valid_seen += a.valid as usize;
+            }
+            let batched = shared.recommend_batch(&inputs);
+            for (a, inp) in batched.into_iter().zip(&inputs) {
+                assert_same(name, &a.unwrap(), &full.recommend(inp).unwrap());
+            }
+        }
+    }
+    assert_eq!(valid_seen, 3, "the arranged model answers a listed candidate");
+}
+
+fn assert_same(name: &str, a: &lavic_model::Recommendation, b: &lavic_model::Recommendation) {
+    assert_eq!((&a.pick, a.valid, &a.raw_answer, a.prompt_tokens), (&b.pick, b.valid, &b.raw_answer, b.prompt_tokens), "{name}");
+    assert_eq!(a.scores.len(), b.scores.len(), "{name}");
+    for (x, y) in a.scores.iter().zip(&b.scores) {
+        assert_eq!(x.id, y.id, "{name}: ranking");
+        assert!((x.logprob - y.logprob).abs() < 1e-4, "{name}: {} vs {}", x.logprob, y.logprob);
+    }
+}
