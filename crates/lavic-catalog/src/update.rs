@@ -36,7 +36,8 @@ pub struct UpsertReport {
     /// Items whose image went through the vision tower.
     pub encoded: usize,
     /// Items written with features reused from their previous version (same image bytes,
-    /// new title or metadata), or sharing an image encoded in the same call.
+    /// new title or metadata), sharing an image encoded in the same call, or without an image
+    /// once the white image's features exist.
     pub reused: usize,
     /// Items identical to their current version (nothing written).
     pub unchanged: usize,
@@ -211,9 +212,11 @@ impl Catalog {
         })
     }
 
-    /// Stored features of the white image (encoded once per open catalog).
+    /// Stored features of the white image (encoded once per open catalog). Counts the item as
+    /// `encoded` when this ran the vision tower, else as `reused`.
     fn white_features(&self, encoder: &ImageEncoder, report: &mut UpsertReport) -> Result<Vec<u8>> {
         if let Some(w) = self.inner.white.get() {
+            report.reused += 1;
             return Ok(w.clone());
         }
         let f = encode_views(encoder, &[white_views(encoder)], self.form())?

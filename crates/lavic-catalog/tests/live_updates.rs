@@ -50,8 +50,18 @@ fn upserts_encode_only_new_or_changed_images_and_persist() {
     assert_eq!(enc.images_encoded() - before, 0, "title changes cost no vision work");
     let r = cat.upsert(&[new_item("b", "tall.png", "B")], &enc).unwrap();
     assert_eq!(r.encoded, 1);
-    let r = cat.upsert(&[NewItem { id: "w".into(), title: "W".into(), image: None, metadata: serde_json::Value::Null }], &enc).unwrap();
-    assert_eq!(r.missing_images, vec!["w".to_string()]);
+    // Items without an image share the white image's features: one vision pass per open catalog,
+    // every further one counted as reused.
+    let imageless = |id: &str| NewItem { id: id.into(), title: id.to_uppercase(), image: None, metadata: serde_json::Value::Null };
+    let before = enc.images_encoded();
+    let r = cat.upsert(&[imageless("w"), imageless("x")], &enc).unwrap();
+    assert_eq!(r.missing_images, vec!["w".to_string(), "x".to_string()]);
+    assert_eq!((r.encoded, r.reused), (1, 1), "{r:?}");
+    assert_eq!(enc.images_encoded() - before, 1);
+    let r = cat.upsert(&[imageless("y")], &enc).unwrap();
+    assert_eq!((r.encoded, r.reused), (0, 1), "{r:?}");
+    assert_eq!(enc.images_encoded() - before, 1);
+    assert_eq!(cat.delete(&["x", "y"]).unwrap(), 2);
 
     assert_eq!(cat.delete(&["c", "nope", "c"]).unwrap(), 1);
     assert_eq!(cat.len(), 3);
