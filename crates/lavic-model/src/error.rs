@@ -41,12 +41,78 @@ pub enum Error {
     /// The tokenizer could not be loaded or failed on an input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// A caller passed inputs that do not fit (shapes, counts, ids).
+    /// A recommendation request the model cannot answer as given; the request's own fault
+    /// (a caller's status, not ours), typed so that callers decide by variant, never by message.
+    #[error("invalid request: {0}")]
+    Request(#[from] RequestError),
+    /// A caller passed inputs that do not fit (shapes, counts, ids): a programming error of the
+    /// caller's code, not of its user's data.
     #[error("invalid input: {0}")]
     Input(String),
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+/// Why one recommendation request cannot be answered as given (see [`Error::Request`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request has no candidates.
+    #[error("no candidates")]
+    NoCandidates,
+    /// A candidate's id (or title) holds one of the reserved `<ItemImageEmb*>` tokens, which
+    /// would break the prompt's image slots.
+    #[error("candidate #{candidate} ({id}) holds the reserved token {token} in its {part}")]
+    ReservedToken {
+        /// Position of the candidate in prompt order.
+        candidate: usize,
+        /// Its id.
+        id: String,
+        /// `id` or `title`.
+        part: &'static str,
+        /// The token found.
+        token: &'static str,
+    },
+    /// The dialogue holds a reserved `<ItemImageEmb*>` token.
+    #[error("the dialogue holds the reserved token {token}")]
+    ReservedTokenInDialogue {
+        /// The token found.
+        token: &'static str,
+    },
+    /// A candidate's id has no tokens of its own after the prompt.
+    #[error("candidate #{candidate} has an empty id")]
+    EmptyId {
+        /// Position of the candidate in prompt order.
+        candidate: usize,
+    },
+    /// Two candidates' ids tokenise to the same tokens, so no answer could tell them apart.
+    #[error("candidates #{first} and #{second} have the same id tokens")]
+    SameIdTokens {
+        /// The earlier candidate.
+        first: usize,
+        /// The later one.
+        second: usize,
+    },
+    /// The instruction, candidate block and answer cue alone exceed the prompt budget (no
+    /// shortening of the dialogue can help).
+    #[error("the instruction and candidate block alone take {tokens} tokens, over the budget of {budget}")]
+    CandidatesOverBudget {
+        /// Tokens of the prompt without any dialogue.
+        tokens: usize,
+        /// The budget.
+        budget: usize,
+    },
+    /// The prompt exceeds the budget and the request's policy is [`crate::Overlong::Reject`].
+    #[error(
+        "the prompt is over the budget of {budget} tokens ({excess} dialogue tokens too many); \
+         shorten the dialogue or send fewer candidates"
+    )]
+    DialogueOverBudget {
+        /// The budget.
+        budget: usize,
+        /// Dialogue tokens that would have to go.
+        excess: usize,
+    },
 }
 
 /// Result alias for this crate.

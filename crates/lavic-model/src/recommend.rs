@@ -1,26 +1,27 @@
-//! Recommendation: prompt building under a token budget, the reference's FREE mode (greedy
-//! generation, then parse) and our default one-pass candidate scoring.
+//! Recommendation: the API types, batching and the reference's FREE mode (greedy generation,
+//! then parse). Default mode's one-pass candidate scoring is in [`crate::tree`]; the prompt under
+//! a token budget in [`crate::request_prompt`].
 //!
-//! Default mode evaluates every candidate id in ONE forward pass: the prompt followed by a trie
-//! of the candidates' id tokens (each tokenised as it appears right after `Assistant:`), with a
-//! tree attention mask (a node sees the prompt and its own ancestors). From the logits at the
-//! prompt's last position and at every trie node we get each candidate's log-likelihood and we
-//! replay the unconstrained greedy decode through the trie: it is `valid` when greedy completes
-//! a candidate id, and invalid as soon as its arg-max token leaves every candidate's path (the
+//! Default mode evaluates every candidate id in ONE forward pass and replays the unconstrained
+//! greedy decode through the candidates' id tokens: the answer is `valid` when greedy completes a
+//! candidate id, and invalid as soon as its arg-max token leaves every candidate's path (the
 //! text produced up to there is reported). The pick is the greedy result when valid, otherwise
 //! the candidate with the highest total log-likelihood, so the answer is always a candidate.
 //!
 //! Ranking uses the total log-likelihood `log P(id | prompt)`: it is the probability that the
 //! model answers exactly that id, directly comparable across ids; the length-normalised mean is
 //! reported too, but it would favour long ids whose later tokens are nearly deterministic.
+//!
+//! A batch's default-mode requests share one pass; when that shared pass fails, each is run in a
+//! pass of its own, so that one request whose data breaks the pass fails alone.
 
 use candle_core::Tensor;
 
-use crate::decoder::{causal_mask, mask_from_fn};
-use crate::error::{Error, Result};
-use crate::model::{LavicModel, SharedPrefix};
-use crate::anyres::NUM_VIEWS;
-use crate::prompt::{ends_word, ITEM_TOKENS, match_candidate, parse_reference_id, recommendation_head, recommendation_tail, PromptCandidate, TokenizedPrompt};
+use crate::error::{Error, RequestError, Result};
+use crate::model::LavicModel;
+use crate::prompt::{match_candidate, parse_reference_id, PromptCandidate, ITEM_TOKENS};
+pub use crate::request_prompt::BuiltPrompt;
+use crate::tree::{Tree, TreeAnswer, TreeOptions};
 
 /// How the answer is produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,13 +44,26 @@ pub struct Candidate {
     pub tokens: Tensor,
 }
 
+/// What to do with a prompt over [`RecommendOptions::max_prompt_tokens`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlong {
+    /// Drop whole tokens from the front of the dialogue until the prompt fits (never the
+    /// instruction, the candidate block or the answer cue).
+    #[default]
+    Shorten,
+    /// Refuse the request: [`RequestError::DialogueOverBudget`].
+    Reject,
+}
+
 /// Options of one recommendation.
 #[derive(Debug, Clone, Copy)]
 pub struct RecommendOptions {
     /// Default (one pass) or FREE (reference greedy generation).
     pub mode: Mode,
-    /// Longest prompt in tokens; the conversation is shortened from the front to fit.
+    /// Longest prompt in tokens; over it, `overlong` decides.
     pub max_prompt_tokens: Option<usize>,
+    /// Shorten the dialogue to fit the budget, or refuse the request.
+    pub overlong: Overlong,
     /// Greedy budget (the reference's `max_new_tokens = 10`).
     pub max_new_tokens: usize,
     /// Default mode: score every candidate even when the greedy answer is valid. Scoring needs
@@ -61,7 +75,7 @@ pub struct RecommendOptions {
 
 impl Default for RecommendOptions {
     fn default() -> Self {
-        Self { mode: Mode::Default, max_prompt_tokens: None, max_new_tokens: 10, scores: false }
+        Self { mode: Mode::Default, max_prompt_tokens: None, overlong: Overlong::Shorten, max_new_tokens: 10, scores: false }
     }
 }
 
@@ -109,131 +123,77 @@ pub struct Recommendation {
     pub shortened_tokens: usize,
 }
 
-/// The prompt of one request, tokenised, with the conversation shortened if needed.
-#[derive(Debug, Clone)]
-pub struct BuiltPrompt {
-    /// Full prompt text.
-    pub text: String,
-    /// Tokens and image slots.
-    pub tokens: TokenizedPrompt,
-    /// Conversation tokens dropped from the front.
-    pub shortened_tokens: usize,
+/// The results of [`LavicModel::recommend_batch`].
+#[derive(Debug)]
+pub struct BatchResults {
+    /// One result per input, in input order.
+    pub results: Vec<Result<Recommendation>>,
+    /// Why the shared default-mode pass failed, when it did: each default-mode request was then
+    /// run in a pass of its own, so every result above is that request's own.
+    pub shared_pass_error: Option<Error>,
+}
+
+/// A default-mode request ready for the shared pass.
+struct Prepared {
+    tree: Tree,
+    /// Candidate ids in prompt order.
+    ids: Vec<String>,
+    prompt_tokens: usize,
+    shortened_tokens: usize,
+}
+
+/// What [`LavicModel::recommend_batch`] holds for each input while the shared pass is formed.
+enum Slot {
+    /// Answered already (FREE mode, or refused while preparing).
+    Done(Result<Recommendation>),
+    /// Waits for the shared default-mode pass.
+    Tree(Prepared),
 }
 
 impl LavicModel {
-    /// Builds and tokenises the recommendation prompt; when it exceeds `budget` tokens, drops
-    /// whole tokens from the front of the conversation (never the instruction, the candidate
-    /// block or the answer cue).
-    pub fn build_prompt(&self, context: &str, candidates: &[PromptCandidate<'_>], budget: Option<usize>) -> Result<BuiltPrompt> {
-        let head = recommendation_head();
-        let tail = recommendation_tail(candidates);
-        let make = |ctx: &str| format!("{head}{ctx}{tail}");
-        let text = make(context);
-        let tokens = self.tokenizer.tokenize_prompt(&text)?;
-        let Some(budget) = budget else { return Ok(BuiltPrompt { text, tokens, shortened_tokens: 0 }) };
-        if tokens.ids.len() <= budget {
-            return Ok(BuiltPrompt { text, tokens, shortened_tokens: 0 });
-        }
-        let fixed = self.tokenizer.tokenize_prompt(&make(""))?.ids.len();
-        if fixed > budget {
-            return Err(Error::Input(format!(
-                "the instruction and candidate block alone take {fixed} tokens, over the budget of {budget}"
-            )));
-        }
-        let offsets = self.tokenizer.token_offsets(context)?;
-        let mut drop = tokens.ids.len() - budget;
-        loop {
-            let cut = offsets.get(drop).copied().unwrap_or(context.len());
-            let mut cut = cut.min(context.len());
-            while !context.is_char_boundary(cut) {
-                cut += 1;
-            }
-            let text = make(&context[cut..]);
-            let tokens = self.tokenizer.tokenize_prompt(&text)?;
-            if tokens.ids.len() <= budget || cut >= context.len() {
-                return Ok(BuiltPrompt { text, tokens, shortened_tokens: drop.min(offsets.len()) });
-            }
-            drop += tokens.ids.len() - budget;
-        }
-    }
-
-    /// Token ids of each candidate id as it appears right after the prompt (prompt and id
-    /// tokenised together, since context changes token boundaries).
-    ///
-    /// Normalisation and BPE run per segment between special tokens, so only the text after the
-    /// prompt's last `<ItemImageEmb5>` can change: that short tail is tokenised with each id
-    /// instead of the whole prompt (checked against the prompt's own tokens, else the full text).
-    pub fn candidate_continuations(&self, prompt: &BuiltPrompt, ids: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let p = &prompt.tokens.ids;
-        let anchor = ITEM_TOKENS[NUM_VIEWS - 1];
-        let tail_start = prompt.text.rfind(anchor);
-        let tail = tail_start.map(|i| &prompt.text[i..]);
-        let tail_ids = match tail {
-            Some(t) => Some(self.tokenizer.encode_plain(t)?).filter(|ids| p.ends_with(ids)),
-            None => None,
-        };
-        ids.iter()
-            .map(|id| {
-                let (base, joint) = match (tail, &tail_ids) {
-                    (Some(t), Some(tids)) => (tids, self.tokenizer.encode_plain(&format!("{t}{id}"))?),
-                    _ => (p, self.tokenizer.encode(&format!("{}{id}", prompt.text))?),
-                };
-                if joint.len() > base.len() && joint[..base.len()] == base[..] {
-                    Ok(joint[base.len()..].to_vec())
-                } else {
-                    // The id merged into the prompt's last token; use its standalone pieces.
-                    tracing::warn!(id, "candidate id changes the prompt's last token; scoring its standalone tokens");
-                    self.tokenizer.encode_plain(id)
-                }
-            })
-            .collect()
-    }
-
     /// One recommendation (see [`LavicModel::recommend_batch`]).
     pub fn recommend(&self, input: &RecommendInput) -> Result<Recommendation> {
-        self.recommend_batch(std::slice::from_ref(input)).pop().unwrap_or_else(|| Err(Error::Input("empty batch".into())))
+        let mut batch = self.recommend_batch(std::slice::from_ref(input));
+        batch.results.pop().unwrap_or_else(|| Err(Error::Input("a batch of one gave no result".into())))
     }
 
-    /// Recommendations for several requests. Default-mode requests share ONE forward pass;
-    /// FREE-mode requests run the reference's greedy loop one by one. Each request gets its own
-    /// result, so one bad request does not fail the others.
-    pub fn recommend_batch(&self, inputs: &[RecommendInput]) -> Vec<Result<Recommendation>> {
-        let mut out: Vec<Option<Result<Recommendation>>> = inputs.iter().map(|_| None).collect();
-        let mut trees = Vec::new();
-        for (i, input) in inputs.iter().enumerate() {
-            match input.options.mode {
-                Mode::Free => out[i] = Some(self.recommend_free(input)),
-                Mode::Default => match self.prepare_tree(input) {
-                    Ok(t) => trees.push((i, t)),
-                    Err(e) => out[i] = Some(Err(e)),
-                },
-            }
-        }
-        if !trees.is_empty() {
-            match self.score_trees(trees.iter().map(|(_, t)| t).collect()) {
-                Ok(results) => {
-                    for ((i, _), r) in trees.iter().zip(results) {
-                        out[*i] = Some(Ok(r));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for (i, _) in &trees {
-                        out[*i] = Some(Err(Error::Input(format!("batched scoring failed: {msg}"))));
-                    }
-                }
-            }
-        }
-        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Input("request not processed".into())))).collect()
+    /// Recommendations for several requests. Default-mode requests share ONE forward pass (or,
+    /// when that pass fails, one pass each); FREE-mode requests run the reference's greedy loop
+    /// one by one. Each request gets its own result, so one bad request does not fail the others.
+    pub fn recommend_batch(&self, inputs: &[RecommendInput]) -> BatchResults {
+        let slots: Vec<Slot> = inputs
+            .iter()
+            .map(|input| match input.options.mode {
+                Mode::Free => Slot::Done(self.recommend_free(input)),
+                Mode::Default => self.prepare_tree(input).map_or_else(|e| Slot::Done(Err(e)), Slot::Tree),
+            })
+            .collect();
+        let prepared: Vec<&Prepared> = slots.iter().filter_map(|s| if let Slot::Tree(p) = s { Some(p) } else { None }).collect();
+        let (scored, shared_pass_error) = shared_or_alone(&prepared, |group| self.score_prepared(group));
+        let mut scored = scored.into_iter();
+        let results = slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::Done(r) => r,
+                Slot::Tree(_) => scored.next().unwrap_or_else(|| Err(Error::Input("a default-mode request was not scored".into()))),
+            })
+            .collect();
+        BatchResults { results, shared_pass_error }
     }
 
+    /// The prompt of `input` (under its budget and overlong policy) and its embeddings.
     fn prompt_for(&self, input: &RecommendInput) -> Result<(BuiltPrompt, Tensor)> {
         if input.candidates.is_empty() {
-            return Err(Error::Input("no candidates".into()));
+            return Err(RequestError::NoCandidates.into());
         }
+        check_reserved(input)?;
         let pc: Vec<PromptCandidate> =
             input.candidates.iter().map(|c| PromptCandidate { id: &c.id, title: &c.title }).collect();
-        let prompt = self.build_prompt(&input.context, &pc, input.options.max_prompt_tokens)?;
+        let budget = input.options.max_prompt_tokens;
+        let prompt = self.build_prompt(&input.context, &pc, budget)?;
+        if let (Some(budget), Overlong::Reject, excess @ 1..) = (budget, input.options.overlong, prompt.shortened_tokens) {
+            return Err(RequestError::DialogueOverBudget { budget, excess }.into());
+        }
         let images: Vec<Tensor> = input.candidates.iter().map(|c| c.tokens.clone()).collect();
         let embeds = self.prompt_embeds(&prompt.tokens, &images)?;
         Ok((prompt, embeds))
@@ -256,139 +216,55 @@ impl LavicModel {
         })
     }
 
-    fn prepare_tree(&self, input: &RecommendInput) -> Result<Tree> {
+    fn prepare_tree(&self, input: &RecommendInput) -> Result<Prepared> {
         let (prompt, embeds) = self.prompt_for(input)?;
         let ids: Vec<&str> = input.candidates.iter().map(|c| c.id.as_str()).collect();
         let conts = self.candidate_continuations(&prompt, &ids)?;
-        let trie = Trie::build(&conts)?;
-        let node_ids: Vec<u32> = trie.nodes.iter().map(|n| n.token).collect();
-        let device = embeds.device().clone();
-        let node_embeds = if node_ids.is_empty() {
-            None
-        } else {
-            Some(self.decoder().embed(&Tensor::new(node_ids.as_slice(), &device)?.unsqueeze(0)?)?)
-        };
-        let embeds = match node_embeds {
-            Some(n) => Tensor::cat(&[&embeds, &n.to_dtype(embeds.dtype())?], 1)?,
-            None => embeds,
-        };
-        Ok(Tree {
-            ids: ids.iter().map(|s| s.to_string()).collect(),
-            conts,
-            trie,
-            prompt_len: prompt.tokens.ids.len(),
-            prompt_ids: prompt.tokens.ids,
-            shortened: prompt.shortened_tokens,
-            embeds,
-            max_new: input.options.max_new_tokens,
-            want_scores: input.options.scores,
-        })
+        let (prompt_tokens, shortened_tokens) = (prompt.tokens.ids.len(), prompt.shortened_tokens);
+        let options = TreeOptions { max_new: input.options.max_new_tokens, want_scores: input.options.scores };
+        let tree = self.build_tree(prompt.tokens.ids, embeds, conts, options)?;
+        Ok(Prepared { tree, ids: ids.iter().map(|s| s.to_string()).collect(), prompt_tokens, shortened_tokens })
     }
 
-    /// One forward over every tree (rows padded at the end), then per-tree scoring. The output
-    /// head (a `hidden x vocab` product per row, which dominates on small models) runs lazily:
-    /// one row per step of the greedy replay, and over every scoring row only when scores are
-    /// needed. Each row's logits are the same whichever rows are computed with it.
-    fn score_trees(&self, trees: Vec<&Tree>) -> Result<Vec<Recommendation>> {
-        let (hidden, skip) = self.forward_trees_hidden(&trees)?;
-        let len = hidden.dim(1)?;
-        trees
+    /// One shared pass over `group`; each request's answer as a [`Recommendation`].
+    fn score_prepared(&self, group: &[&Prepared]) -> Result<Vec<Result<Recommendation>>> {
+        let trees: Vec<&Tree> = group.iter().map(|p| &p.tree).collect();
+        let answers = self.score_trees(&trees)?;
+        Ok(group.iter().zip(answers).map(|(p, a)| a.and_then(|a| self.default_recommendation(p, a))).collect())
+    }
+
+    /// A tree's answer in the API's terms: ids, the answer's text, the pick.
+    fn default_recommendation(&self, p: &Prepared, a: TreeAnswer) -> Result<Recommendation> {
+        let raw_answer = self.tokenizer.decode(&a.produced, true)?;
+        let scores: Vec<CandidateScore> = a
+            .scores
             .iter()
-            .enumerate()
-            .map(|(r, t)| {
-                let flat = |row: usize| (r * len + t.prompt_len - skip - 1 + row) as u32;
-                let argmax_at = |row: usize| -> Result<u32> {
-                    let logits = self.decoder().logits_at(&hidden, &[flat(row)])?;
-                    Ok(logits.argmax(1)?.to_vec1::<u32>()?[0])
-                };
-                let node_logprobs = || -> Result<Vec<f32>> {
-                    // Rows that predict some node (the last prompt position and inner nodes),
-                    // in one head product; only each node's log-probability leaves the device.
-                    let mut rows: Vec<usize> = (0..t.trie.nodes.len()).map(|j| t.row_before(j)).collect();
-                    rows.sort_unstable();
-                    rows.dedup();
-                    let flat_rows: Vec<u32> = rows.iter().map(|&row| flat(row)).collect();
-                    let logits = self.decoder().logits_at(&hidden, &flat_rows)?;
-                    let picks: Vec<(usize, u32)> = (0..t.trie.nodes.len())
-                        .map(|j| (rows.binary_search(&t.row_before(j)).unwrap_or_default(), t.trie.nodes[j].token))
-                        .collect();
-                    pick_logprobs(&logits, &picks)
-                };
-                t.score(self, argmax_at, node_logprobs)
+            .map(|s| CandidateScore {
+                id: p.ids[s.candidate].clone(),
+                logprob: s.logprob,
+                mean_logprob: s.logprob / s.tokens as f32,
+                tokens: s.tokens,
             })
-            .collect()
-    }
-
-    /// ONE decoder pass over all trees: the final hidden states `[trees, len - skip, hidden]` of
-    /// every row after the first `skip`, which are the shared instruction prefix when every tree
-    /// starts with it (its keys/values come from the cache computed at load; 0 otherwise).
-    fn forward_trees_hidden(&self, trees: &[&Tree]) -> Result<(Tensor, usize)> {
-        let len = trees.iter().map(|t| t.len()).max().unwrap_or(0);
-        let device = trees[0].embeds.device().clone();
-        let hidden = self.decoder().hidden_size();
-        let dtype = trees[0].embeds.dtype();
-        let prefix = self.prefix.as_ref().filter(|p| {
-            trees.iter().all(|t| t.prompt_len > p.ids.len() && t.prompt_ids.starts_with(&p.ids))
-        });
-        let skip = prefix.map_or(0, |p| p.ids.len());
-        let mut rows = Vec::with_capacity(trees.len());
-        let mut positions = Vec::with_capacity(trees.len());
-        for t in trees {
-            let pad = len - t.len();
-            let e = t.embeds.squeeze(0)?.narrow(0, skip, t.len() - skip)?;
-            rows.push(if pad > 0 { Tensor::cat(&[&e, &Tensor::zeros((pad, hidden), dtype, &device)?], 0)? } else { e });
-            let mut pos: Vec<u32> = (skip as u32..t.prompt_len as u32).collect();
-            pos.extend(t.trie.nodes.iter().map(|n| (t.prompt_len + n.depth - 1) as u32));
-            pos.extend(std::iter::repeat_n(0u32, pad));
-            positions.push(pos);
-        }
-        let embeds = Tensor::stack(&rows, 0)?;
-        let window = self.decoder().sliding_window();
-        let mut mask = tree_mask(trees, len, window, &device)?;
-        let mut cache = match prefix {
-            Some(p) => {
-                mask = mask.narrow(2, skip, len - skip)?;
-                p.cache.expand(trees.len())?
-            }
-            None => self.decoder().new_cache(),
+            .collect();
+        let pick = match a.completed {
+            Some(c) => p.ids[c].clone(),
+            None => scores.first().map(|s| s.id.clone()).ok_or_else(|| Error::Input("an invalid answer without scores".into()))?,
         };
-        Ok((self.forward(&embeds, &positions, &mask, &mut cache)?, skip))
-    }
-
-    /// Keys/values of the recommendation prompt's fixed head (BOS + instruction, without its
-    /// last token, which could merge with the conversation's first characters), from one causal
-    /// pass. A default-mode pass whose prompt starts with these tokens resumes from them: the
-    /// keys and values of a causal prefix do not depend on what follows it.
-    pub(crate) fn instruction_prefix(&self) -> Result<Option<SharedPrefix>> {
-        let mut ids = self.tokenizer.encode(recommendation_head())?;
-        ids.pop();
-        if ids.is_empty() {
-            return Ok(None);
-        }
-        let device = self.encoder.device();
-        let embeds = self.decoder().embed(&Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?)?;
-        let mask = causal_mask(&[0], 0, ids.len(), self.decoder().sliding_window(), device)?;
-        let mut cache = self.decoder().new_cache();
-        self.forward(&embeds, &[(0..ids.len() as u32).collect()], &mask, &mut cache)?;
-        Ok(Some(SharedPrefix { ids, cache }))
-    }
-
-    /// Tokens of the shared instruction prefix (0 when prefix sharing is off).
-    pub fn shared_prefix_tokens(&self) -> usize {
-        self.prefix.as_ref().map_or(0, |p| p.ids.len())
+        Ok(Recommendation {
+            pick: Some(pick),
+            valid: a.completed.is_some(),
+            parsed_id: parse_reference_id(&raw_answer).map(str::to_string),
+            raw_answer,
+            scores,
+            prompt_tokens: p.prompt_tokens,
+            shortened_tokens: p.shortened_tokens,
+        })
     }
 
     /// For each candidate, the f32 logits `[id tokens, vocab]` that predict its id tokens, from
     /// the single tree pass that default mode runs.
     pub fn candidate_logits(&self, input: &RecommendInput) -> Result<Vec<Tensor>> {
-        let tree = self.prepare_tree(input)?;
-        let (hidden, skip) = self.forward_trees_hidden(&[&tree])?;
-        (0..tree.ids.len())
-            .map(|c| {
-                let rows: Vec<u32> = tree.path(c).iter().map(|&j| (tree.prompt_len - skip - 1 + tree.row_before(j)) as u32).collect();
-                self.decoder().logits_at(&hidden, &rows)
-            })
-            .collect()
+        self.tree_candidate_logits(&self.prepare_tree(input)?.tree)
     }
 
     /// The same logits as [`LavicModel::candidate_logits`], computed the slow, obvious way: one
@@ -410,323 +286,89 @@ impl LavicModel {
     }
 }
 
-/// `log softmax(logits[row])[token]` for each `(row, token)` of `picks`; `logits` is f32
-/// `[rows, vocab]`. Only the picked entries and one log-sum-exp per row are formed (not the
-/// whole log-softmax matrix); on CPU the rows run in parallel, since the exponentials over the
-/// vocabulary are the cost there.
-fn pick_logprobs(logits: &Tensor, picks: &[(usize, u32)]) -> Result<Vec<f32>> {
-    let (rows, vocab) = logits.dims2()?;
-    if let Some(&(r, t)) = picks.iter().find(|&&(r, t)| r >= rows || t as usize >= vocab) {
-        return Err(Error::Input(format!("logit ({r}, {t}) is outside {rows} x {vocab}")));
+/// Refuses a request whose dialogue, ids or titles hold a reserved `<ItemImageEmb*>` token:
+/// it would add or break image slots in the prompt.
+fn check_reserved(input: &RecommendInput) -> Result<()> {
+    let find = |text: &str| ITEM_TOKENS.iter().copied().find(|t| text.contains(t));
+    if let Some(token) = find(&input.context) {
+        return Err(RequestError::ReservedTokenInDialogue { token }.into());
     }
-    let logits = logits.contiguous()?;
-    let (lse, picked): (Vec<f32>, Vec<f32>) = match &*logits.storage_and_layout().0 {
-        candle_core::Storage::Cpu(cpu) => {
-            let (start, end) = logits.layout().contiguous_offsets().unwrap_or((0, rows * vocab));
-            let data = &cpu.as_slice::<f32>()?[start..end];
-            use rayon::prelude::*;
-            let lse = data
-                .par_chunks(vocab)
-                .map(|row| {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+    for (candidate, c) in input.candidates.iter().enumerate() {
+        for (part, text) in [("id", c.id.as_str()), ("title", c.title.as_str())] {
+            if let Some(token) = find(text) {
+                return Err(RequestError::ReservedToken { candidate, id: c.id.clone(), part, token }.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `items` through `pass` together. When that shared pass fails and there was more than one
+/// item, runs each item in a pass of its own (so one item whose data breaks the pass fails
+/// alone) and also returns the shared pass's error. One result per item, in order.
+fn shared_or_alone<T, R>(items: &[T], pass: impl Fn(&[T]) -> Result<Vec<Result<R>>>) -> (Vec<Result<R>>, Option<Error>) {
+    if items.is_empty() {
+        return (Vec::new(), None);
+    }
+    match pass(items) {
+        Ok(results) => (results, None),
+        Err(e) if items.len() == 1 => (vec![Err(e)], None),
+        Err(shared) => {
+            let alone = items
+                .chunks(1)
+                .map(|one| match pass(one) {
+                    Ok(mut r) => r.pop().unwrap_or_else(|| Err(Error::Input("a pass of one gave no result".into()))),
+                    Err(e) => Err(e),
                 })
                 .collect();
-            (lse, picks.iter().map(|&(r, t)| data[r * vocab + t as usize]).collect())
+            (alone, Some(shared))
         }
-        _ => return pick_logprobs_on_device(&logits, picks),
-    };
-    Ok(picks.iter().zip(picked).map(|(&(r, _), x)| x - lse[r]).collect())
-}
-
-/// [`pick_logprobs`] with tensor ops on the logits' device (GPU): only one log-sum-exp per row
-/// and the picked logits leave it.
-fn pick_logprobs_on_device(logits: &Tensor, picks: &[(usize, u32)]) -> Result<Vec<f32>> {
-    let vocab = logits.dim(1)?;
-    let max = logits.max_keepdim(1)?;
-    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + &max)?.flatten_all()?.to_vec1::<f32>()?;
-    let idx: Vec<u32> = picks.iter().map(|&(r, t)| (r * vocab + t as usize) as u32).collect();
-    let picked = logits.flatten_all()?.index_select(&Tensor::new(idx.as_slice(), logits.device())?, 0)?.to_vec1::<f32>()?;
-    Ok(picks.iter().zip(picked).map(|(&(r, _), x)| x - lse[r]).collect())
-}
-
-/// The additive mask of a batch of trees, `[B, 1, len, len]`, written row by row (prompt rows
-/// causal, node rows the prompt plus their ancestors, padding rows themselves). A sliding window,
-/// if the model has one shorter than the rows, is applied through [`Tree::allowed`].
-fn tree_mask(trees: &[&Tree], len: usize, window: Option<usize>, device: &candle_core::Device) -> Result<Tensor> {
-    if window.is_some_and(|w| w < len) {
-        return mask_from_fn(trees.len(), len, len, device, |r, q, k| trees[r].allowed(q, k, window));
-    }
-    let mut data = vec![crate::decoder::MASKED; trees.len() * len * len];
-    for (r, t) in trees.iter().enumerate() {
-        let base = r * len * len;
-        let p = t.prompt_len;
-        for q in 0..len {
-            let row = &mut data[base + q * len..base + (q + 1) * len];
-            if q < p {
-                row[..=q].fill(0.0);
-            } else if q < t.len() {
-                row[..p].fill(0.0);
-                let mut j = Some(q - p);
-                while let Some(n) = j {
-                    row[p + n] = 0.0;
-                    j = t.trie.nodes[n].parent;
-                }
-            } else {
-                row[q] = 0.0;
-            }
-        }
-    }
-    crate::decoder::finish_rows(&mut data, len);
-    Ok(Tensor::from_vec(data, (trees.len(), 1, len, len), device)?)
-}
-
-/// A trie node: one token of one or more candidate ids.
-#[derive(Debug, Clone)]
-struct Node {
-    token: u32,
-    parent: Option<usize>,
-    depth: usize,
-    children: Vec<usize>,
-    /// Candidate whose id ends here.
-    completes: Option<usize>,
-}
-
-/// The candidates' id tokens as a prefix tree (shared first tokens evaluated once).
-#[derive(Debug, Clone)]
-struct Trie {
-    nodes: Vec<Node>,
-    roots: Vec<usize>,
-    /// Last node of each candidate.
-    ends: Vec<usize>,
-}
-
-impl Trie {
-    fn build(conts: &[Vec<u32>]) -> Result<Self> {
-        let mut t = Trie { nodes: Vec::new(), roots: Vec::new(), ends: Vec::new() };
-        for (c, toks) in conts.iter().enumerate() {
-            if toks.is_empty() {
-                return Err(Error::Input(format!("candidate #{c} has an empty id")));
-            }
-            let mut parent: Option<usize> = None;
-            for &tok in toks {
-                let siblings = match parent { Some(p) => &t.nodes[p].children, None => &t.roots };
-                let found = siblings.iter().copied().find(|&j| t.nodes[j].token == tok);
-                let j = match found {
-                    Some(j) => j,
-                    None => {
-                        let j = t.nodes.len();
-                        let depth = parent.map_or(1, |p| t.nodes[p].depth + 1);
-                        t.nodes.push(Node { token: tok, parent, depth, children: Vec::new(), completes: None });
-                        match parent { Some(p) => t.nodes[p].children.push(j), None => t.roots.push(j) }
-                        j
-                    }
-                };
-                parent = Some(j);
-            }
-            let end = parent.unwrap_or_default();
-            if let Some(other) = t.nodes[end].completes {
-                return Err(Error::Input(format!("candidates #{other} and #{c} have the same id tokens")));
-            }
-            t.nodes[end].completes = Some(c);
-            t.ends.push(end);
-        }
-        Ok(t)
-    }
-
-    fn is_ancestor_or_self(&self, a: usize, mut b: usize) -> bool {
-        loop {
-            if a == b {
-                return true;
-            }
-            match self.nodes[b].parent {
-                Some(p) => b = p,
-                None => return false,
-            }
-        }
-    }
-}
-
-/// One request prepared for tree scoring.
-struct Tree {
-    ids: Vec<String>,
-    conts: Vec<Vec<u32>>,
-    trie: Trie,
-    prompt_len: usize,
-    /// The prompt's token ids (to check it starts with the shared prefix).
-    prompt_ids: Vec<u32>,
-    shortened: usize,
-    embeds: Tensor,
-    max_new: usize,
-    /// Score every candidate even when the answer is valid.
-    want_scores: bool,
-}
-
-impl Tree {
-    fn len(&self) -> usize {
-        self.prompt_len + self.trie.nodes.len()
-    }
-
-    /// Logit row (0 = last prompt position, j + 1 = node j) whose distribution predicts node `j`.
-    fn row_before(&self, j: usize) -> usize {
-        self.trie.nodes[j].parent.map_or(0, |p| p + 1)
-    }
-
-    /// Nodes of candidate `c`, root first.
-    fn path(&self, c: usize) -> Vec<usize> {
-        let mut path = vec![self.trie.ends[c]];
-        while let Some(p) = self.trie.nodes[*path.last().unwrap_or(&0)].parent {
-            path.push(p);
-        }
-        path.reverse();
-        path
-    }
-
-    /// Tree attention: prompt causal; a node sees the prompt and its ancestors; padding sees itself.
-    fn allowed(&self, q: usize, k: usize, window: Option<usize>) -> bool {
-        let p = self.prompt_len;
-        let n = self.len();
-        let pos = |i: usize| if i < p { i } else { p + self.trie.nodes[i - p].depth - 1 };
-        let base = if q >= n {
-            q == k
-        } else if q < p {
-            k <= q
-        } else if k < p {
-            true
-        } else if k < n {
-            self.trie.is_ancestor_or_self(k - p, q - p)
-        } else {
-            false
-        };
-        base && (q >= n || k >= n || window.is_none_or(|w| pos(q) - pos(k).min(pos(q)) < w))
-    }
-
-    /// The recommendation from each logit row's arg-max (row 0 = last prompt position, j + 1 =
-    /// node j; asked for lazily, along the greedy path) and, when scores are needed, each node's
-    /// token log-probability.
-    fn score(
-        &self,
-        model: &LavicModel,
-        mut argmax_at: impl FnMut(usize) -> Result<u32>,
-        node_logprobs: impl FnOnce() -> Result<Vec<f32>>,
-    ) -> Result<Recommendation> {
-        // Replay the unconstrained greedy decode through the trie. It is valid when it completes an
-        // id and then stops (budget, or a next token that does not continue the id's word, as
-        // `match_candidate` judges FREE mode's text); invalid as soon as it leaves every path.
-        let mut row = 0usize;
-        let mut level = &self.trie.roots;
-        let mut produced: Vec<u32> = Vec::new();
-        let mut completed: Option<usize> = None;
-        while produced.len() < self.max_new {
-            let next = argmax_at(row)?;
-            if let Some(j) = level.iter().copied().find(|&j| self.trie.nodes[j].token == next) {
-                produced.push(next);
-                completed = self.trie.nodes[j].completes;
-                row = j + 1;
-                level = &self.trie.nodes[j].children;
-                continue;
-            }
-            // Greedy leaves every remaining path here.
-            if completed.is_some() {
-                let text = model.tokenizer.decode(&[next], true)?;
-                if !ends_word(&text) {
-                    completed = None;
-                }
-            }
-            if completed.is_none() {
-                produced.push(next);
-            }
-            break;
-        }
-        let raw_answer = model.tokenizer.decode(&produced, true)?;
-        let scores = match completed {
-            Some(_) if !self.want_scores => Vec::new(),
-            _ => {
-                let node_lp = node_logprobs()?;
-                let mut scores: Vec<CandidateScore> = self
-                    .ids
-                    .iter()
-                    .enumerate()
-                    .map(|(c, id)| {
-                        let lp: f32 = self.path(c).iter().map(|&j| node_lp[j]).sum();
-                        let n = self.conts[c].len();
-                        CandidateScore { id: id.clone(), logprob: lp, mean_logprob: lp / n as f32, tokens: n }
-                    })
-                    .collect();
-                scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
-                scores
-            }
-        };
-        let valid = completed.is_some();
-        let pick = match completed {
-            Some(c) => self.ids[c].clone(),
-            None => scores[0].id.clone(),
-        };
-        Ok(Recommendation {
-            pick: Some(pick),
-            valid,
-            parsed_id: parse_reference_id(&raw_answer).map(str::to_string),
-            raw_answer,
-            scores,
-            prompt_tokens: self.prompt_len,
-            shortened_tokens: self.shortened,
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
 
-    fn tree(prompt_len: usize, conts: Vec<Vec<u32>>) -> Tree {
-        Tree {
-            ids: (0..conts.len()).map(|i| format!("c{i}")).collect(),
-            trie: Trie::build(&conts).unwrap(),
-            conts,
-            prompt_len,
-            prompt_ids: Vec::new(),
-            shortened: 0,
-            embeds: Tensor::zeros((1, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
-            max_new: 10,
-            want_scores: true,
-        }
-    }
-
-    #[test]
-    fn picked_logprobs_equal_log_softmax_on_both_paths() {
-        let dev = candle_core::Device::Cpu;
-        let logits = (Tensor::randn(0f32, 4.0, (7, 1000), &dev).unwrap() * 3.0).unwrap();
-        let picks: Vec<(usize, u32)> = vec![(0, 0), (0, 999), (3, 17), (6, 500), (6, 501), (2, 2)];
-        let full = candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap();
-        for got in [pick_logprobs(&logits, &picks).unwrap(), pick_logprobs_on_device(&logits, &picks).unwrap()] {
-            for (&(r, t), g) in picks.iter().zip(got) {
-                assert!((g - full[r][t as usize]).abs() < 1e-4, "({r}, {t}): {g} vs {}", full[r][t as usize]);
+    /// A pass over numbers that fails as a whole when it holds a 0 and refuses 7s one by one.
+    fn pass(calls: &RefCell<Vec<Vec<u32>>>) -> impl Fn(&[u32]) -> Result<Vec<Result<u32>>> + '_ {
+        move |items: &[u32]| {
+            calls.borrow_mut().push(items.to_vec());
+            if items.contains(&0) {
+                return Err(Error::Input("the shared pass broke".into()));
             }
+            Ok(items.iter().map(|&x| if x == 7 { Err(RequestError::NoCandidates.into()) } else { Ok(x * 10) }).collect())
         }
-        // A strided (non-contiguous) view and an out-of-range pick.
-        let t = logits.t().unwrap().t().unwrap();
-        assert_eq!(pick_logprobs(&t, &picks).unwrap().len(), picks.len());
-        assert!(pick_logprobs(&logits, &[(7, 0)]).is_err());
-        assert!(pick_logprobs(&logits, &[(0, 1000)]).is_err());
     }
 
     #[test]
-    fn fast_tree_mask_equals_the_definition() {
-        let a = tree(4, vec![vec![1, 2, 3], vec![1, 2, 4], vec![5], vec![1, 6, 7, 8]]);
-        let b = tree(6, vec![vec![9, 9], vec![9, 8]]);
-        assert_eq!(a.trie.nodes.len(), 8, "shared first tokens are one node");
-        let trees = [&a, &b];
-        let len = a.len().max(b.len());
-        let dev = candle_core::Device::Cpu;
-        let fast = tree_mask(&trees, len, None, &dev).unwrap();
-        let slow = mask_from_fn(2, len, len, &dev, |r, q, k| trees[r].allowed(q, k, None)).unwrap();
-        let d = (fast - slow).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        assert_eq!(d, 0.0);
+    fn a_good_batch_takes_one_pass_and_keeps_per_item_errors() {
+        let calls = RefCell::new(Vec::new());
+        let (results, shared) = shared_or_alone(&[1, 7, 3], pass(&calls));
+        assert!(shared.is_none());
+        assert_eq!(calls.borrow().len(), 1, "one shared pass");
+        assert!(matches!(results[..], [Ok(10), Err(Error::Request(RequestError::NoCandidates)), Ok(30)]), "{results:?}");
     }
 
     #[test]
-    fn duplicate_and_empty_ids_are_refused() {
-        assert!(Trie::build(&[vec![1, 2], vec![1, 2]]).is_err());
-        assert!(Trie::build(&[vec![]]).is_err());
+    fn a_failed_shared_pass_reruns_each_item_alone() {
+        let calls = RefCell::new(Vec::new());
+        let (results, shared) = shared_or_alone(&[1, 0, 3], pass(&calls));
+        assert!(matches!(shared, Some(Error::Input(ref m)) if m == "the shared pass broke"), "{shared:?}");
+        assert_eq!(*calls.borrow(), vec![vec![1, 0, 3], vec![1], vec![0], vec![3]]);
+        assert!(matches!(results[..], [Ok(10), Err(Error::Input(_)), Ok(30)]), "the bad item fails alone: {results:?}");
+    }
+
+    #[test]
+    fn a_single_item_is_not_retried_and_nothing_runs_for_none() {
+        let calls = RefCell::new(Vec::new());
+        let (results, shared) = shared_or_alone(&[0], pass(&calls));
+        assert!(shared.is_none(), "one item's pass is not a shared pass");
+        assert!(matches!(results[..], [Err(Error::Input(_))]));
+        assert_eq!(calls.borrow().len(), 1);
+        let (results, shared) = shared_or_alone(&[], pass(&calls));
+        assert!(results.is_empty() && shared.is_none());
+        assert_eq!(calls.borrow().len(), 1);
     }
 }

@@ -160,3 +160,45 @@ fn bad_images_are_errors() {
     assert!(decode(&png_header(40, 30)).is_err(), "PNG without pixel data");
     assert!(decode(&jpeg).is_ok());
 }
+
+#[test]
+fn requests_the_model_cannot_answer_are_typed_refusals() {
+    use lavic_model::{Candidate, DType, Device, Mode, Overlong, RecommendInput, RecommendOptions, RequestError};
+    let model = LavicModel::load(&options("mistral")).unwrap();
+    let tokens = Tensor::zeros((5, model.decoder().hidden_size()), DType::F32, &Device::Cpu).unwrap();
+    let cand = |id: &str, title: &str| Candidate { id: id.into(), title: title.into(), tokens: tokens.clone() };
+    let refusal = |context: &str, candidates: Vec<Candidate>, options: RecommendOptions| {
+        match model.recommend(&RecommendInput { context: context.into(), candidates, options }) {
+            Err(Error::Request(r)) => r,
+            other => panic!("expected a typed refusal, got {other:?}"),
+        }
+    };
+    let ctx = "<submission>A mug that keeps coffee warm?</submission>\n";
+    let two = || vec![cand("B000000001", "Mug"), cand("B000000002", "Lamp")];
+
+    assert_eq!(refusal(ctx, vec![], RecommendOptions::default()), RequestError::NoCandidates);
+    let r = refusal(ctx, vec![cand("B000000001", "Mug"), cand("B000000002", "see <ItemImageEmb2>")], RecommendOptions::default());
+    assert!(matches!(r, RequestError::ReservedToken { candidate: 1, part: "title", token: "<ItemImageEmb2>", .. }), "{r:?}");
+    let r = refusal("<submission><ItemImageEmb5></submission>\n", two(), RecommendOptions::default());
+    assert_eq!(r, RequestError::ReservedTokenInDialogue { token: "<ItemImageEmb5>" });
+
+    // Over the budget: refused with `Reject`, shortened from the front with `Shorten`, in both modes.
+    let long = format!("<submission>{}</submission>\n", "my old mug lost its handle and I need another one ".repeat(40));
+    for mode in [Mode::Default, Mode::Free] {
+        let reject = RecommendOptions { mode, max_prompt_tokens: Some(300), overlong: Overlong::Reject, ..Default::default() };
+        match refusal(&long, two(), reject) {
+            RequestError::DialogueOverBudget { budget: 300, excess } => assert!(excess > 0),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        let shorten = RecommendOptions { overlong: Overlong::Shorten, ..reject };
+        let r = model.recommend(&RecommendInput { context: long.clone(), candidates: two(), options: shorten }).unwrap();
+        assert!(r.shortened_tokens > 0 && r.prompt_tokens <= 300, "{mode:?}: {r:?}");
+        // The candidate block alone over the budget: refused whatever the policy.
+        let title = "A very long product title with many words ".repeat(4);
+        let many: Vec<Candidate> = (0..8).map(|i| cand(&format!("LONG{i}"), &title)).collect();
+        match refusal(ctx, many, shorten) {
+            RequestError::CandidatesOverBudget { tokens, budget: 300 } => assert!(tokens > 300),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+    }
+}

@@ -81,7 +81,9 @@ fn default_mode_uses_one_forward_pass_and_batches() {
         assert_eq!(model.forward_passes() - before, 1, "default mode must run exactly one forward pass");
     }
     let before = model.forward_passes();
-    let batched: Vec<_> = model.recommend_batch(&inputs).into_iter().map(Result::unwrap).collect();
+    let batch = model.recommend_batch(&inputs);
+    assert!(batch.shared_pass_error.is_none(), "{:?}", batch.shared_pass_error);
+    let batched: Vec<_> = batch.results.into_iter().map(Result::unwrap).collect();
     assert_eq!(model.forward_passes() - before, 1, "a batch of default-mode requests shares one pass");
     for (a, b) in single.iter().zip(&batched) {
         assert_eq!(a.pick, b.pick);
@@ -249,7 +251,7 @@ fn shared_instruction_prefix_gives_the_same_answers_as_the_full_pass() {
                 valid_seen += a.valid as usize;
             }
             let batched = shared.recommend_batch(&inputs);
-            for (a, inp) in batched.into_iter().zip(&inputs) {
+            for (a, inp) in batched.results.into_iter().zip(&inputs) {
                 assert_same(name, &a.unwrap(), &full.recommend(inp).unwrap());
             }
         }

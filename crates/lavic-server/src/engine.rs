@@ -1,14 +1,15 @@
 //! The model side of the server: loading (model, adapters, catalog or demo catalog) and the work a
 //! model worker does on one batch: resolve every candidate to its 5 image tokens (catalog, inline
-//! image or the reference's white-image fallback), check the prompt budget, then one
-//! `recommend_batch` call. Runs only on worker threads, never on the async runtime.
+//! image or the reference's white-image fallback), then one `recommend_batch` call, which builds
+//! each prompt once under the budget and overlong policy given in its options. Model errors come
+//! back typed and are mapped by variant ([`Error::from_model`]). Runs only on worker threads,
+//! never on the async runtime.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use lavic_model::prompt::PromptCandidate;
-use lavic_model::{Candidate, LavicModel, LoadOptions, RecommendInput, RecommendOptions, Recommendation, Rgb8, Tensor};
+use lavic_model::{Candidate, LavicModel, LoadOptions, Overlong, RecommendInput, RecommendOptions, Recommendation, Rgb8, Tensor};
 
 use crate::config::{Config, OverlongPolicy, UnknownIds};
 use crate::error::{Error, Result};
@@ -70,7 +71,25 @@ pub struct Answer {
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     max_prompt_tokens: usize,
-    overlong: OverlongPolicy,
+    overlong: Overlong,
+}
+
+impl From<OverlongPolicy> for Overlong {
+    fn from(p: OverlongPolicy) -> Self {
+        match p {
+            OverlongPolicy::Shorten => Overlong::Shorten,
+            OverlongPolicy::Reject => Overlong::Reject,
+        }
+    }
+}
+
+/// One request of a batch turned into the model's input.
+struct Prepared {
+    input: RecommendInput,
+    /// Candidate ids that used the fallback.
+    fallback_ids: Vec<String>,
+    /// Where the dialogue came (`context` or `turns`), to name it in a refusal.
+    dialogue_field: &'static str,
 }
 
 /// Loaded model + catalog, shared by the workers and (read-only) by handlers.
@@ -141,7 +160,7 @@ impl Engine {
             demo: config.is_demo(),
             server_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let settings = Settings { max_prompt_tokens: config.max_prompt_tokens, overlong: config.overlong_policy };
+        let settings = Settings { max_prompt_tokens: config.max_prompt_tokens, overlong: config.overlong_policy.into() };
         Ok(Self { model, store, info, settings, white: OnceLock::new(), metrics })
     }
 
@@ -170,8 +189,8 @@ impl Engine {
         (0..images.len()).map(|i| projected.get(i).map_err(|e| Error::Model(e.into()))).collect()
     }
 
-    /// Turns one validated request into the model's input; also returns the fallback ids.
-    fn prepare(&self, req: &Validated) -> Result<(RecommendInput, Vec<String>)> {
+    /// Turns one validated request into the model's input: every candidate with its image tokens.
+    fn prepare(&self, req: &Validated) -> Result<Prepared> {
         // Catalog lookups for every candidate not given inline.
         let catalog_ids: Vec<&str> =
             req.candidates.iter().filter(|c| matches!(c.source, Source::Catalog)).map(|c| c.id.as_str()).collect();
@@ -207,66 +226,43 @@ impl Engine {
             };
             candidates.push(Candidate { id: c.id.clone(), title, tokens });
         }
-        // The prompt budget: shorten the dialogue from the front, or refuse.
-        let pcs: Vec<PromptCandidate> = candidates.iter().map(|c| PromptCandidate { id: &c.id, title: &c.title }).collect();
-        let budget = self.settings.max_prompt_tokens;
-        let built = self.model.build_prompt(&req.context, &pcs, Some(budget)).map_err(|e| match e {
-            lavic_model::Error::Input(m) => Error::invalid("candidate_ids", m),
-            other => Error::Model(other),
-        })?;
-        if built.shortened_tokens > 0 && self.settings.overlong == OverlongPolicy::Reject {
-            return Err(Error::invalid(
-                req.dialogue_field,
-                format!(
-                    "the prompt is over the budget of {budget} tokens ({} dialogue tokens too many); \
-                     shorten the dialogue or send fewer candidates",
-                    built.shortened_tokens
-                ),
-            ));
-        }
-        let options = RecommendOptions { mode: req.mode, max_prompt_tokens: Some(budget), scores: req.include_scores, ..Default::default() };
-        Ok((RecommendInput { context: req.context.clone(), candidates, options }, unknown))
+        let options = RecommendOptions {
+            mode: req.mode,
+            max_prompt_tokens: Some(self.settings.max_prompt_tokens),
+            overlong: self.settings.overlong,
+            scores: req.include_scores,
+            ..Default::default()
+        };
+        let input = RecommendInput { context: req.context.clone(), candidates, options };
+        Ok(Prepared { input, fallback_ids: unknown, dialogue_field: req.dialogue_field })
     }
 
     /// Runs one batch: every request gets its own result, in order. Default-mode requests share
-    /// one forward pass; when a shared pass fails, each request is retried alone so one bad
-    /// request cannot fail its neighbours.
+    /// one forward pass (the model reruns each alone if that pass fails, so one bad request
+    /// cannot fail its neighbours).
     pub fn recommend(&self, requests: &[&Validated]) -> Vec<Result<Answer>> {
         let mut out: Vec<Option<Result<Answer>>> = requests.iter().map(|_| None).collect();
         let mut inputs = Vec::new();
         let mut slots = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             match self.prepare(r) {
-                Ok((input, fallback)) => {
-                    inputs.push(input);
-                    slots.push((i, fallback));
+                Ok(p) => {
+                    inputs.push(p.input);
+                    slots.push((i, p.fallback_ids, p.dialogue_field));
                 }
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
         if !inputs.is_empty() {
             self.metrics.batch_size.observe(inputs.len() as f64);
-            let mut results = self.model.recommend_batch(&inputs);
-            if inputs.len() > 1 && results.iter().all(|r| r.is_err()) {
-                tracing::warn!(batch = inputs.len(), "batched pass failed; retrying each request alone");
-                results = inputs.iter().map(|input| self.model.recommend(input)).collect();
+            let batch = self.model.recommend_batch(&inputs);
+            if let Some(e) = &batch.shared_pass_error {
+                tracing::warn!(batch = inputs.len(), error = %e, "the shared forward pass failed; each request was run alone");
             }
-            for ((i, fallback), r) in slots.into_iter().zip(results) {
-                out[i] = Some(r.map(|recommendation| Answer { recommendation, fallback_ids: fallback }).map_err(classify));
+            for ((i, fallback_ids, field), r) in slots.into_iter().zip(batch.results) {
+                out[i] = Some(r.map(|recommendation| Answer { recommendation, fallback_ids }).map_err(|e| Error::from_model(e, field)));
             }
         }
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Internal("request not processed".into())))).collect()
-    }
-}
-
-/// Model errors on a request that passed validation: input problems the validation cannot see
-/// (e.g. two ids that tokenise the same) are the caller's; the rest are ours.
-fn classify(e: lavic_model::Error) -> Error {
-    match e {
-        lavic_model::Error::Input(m) if !m.starts_with("batched scoring failed") && m != "request not processed" => {
-            Error::invalid("candidate_ids", m)
-        }
-        lavic_model::Error::Image(m) => Error::invalid("inline_items", m),
-        other => Error::Model(other),
     }
 }

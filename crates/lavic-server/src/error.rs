@@ -1,5 +1,11 @@
-//! The one error type of lavic-server and its single mapping to gRPC status codes. The same
-//! [`Error::kind`] labels the `lavic_requests_total` metric.
+//! The one error type of lavic-server and its single mapping to gRPC status codes:
+//! [`Error::code`] is the one exhaustive match (no catch-all arm) that decides a client's status,
+//! `From<Error> for tonic::Status` uses it, and [`Error::kind`], the label of
+//! `lavic_requests_total`, is that code's name, so a status and its metric cannot disagree.
+//! Errors from the model cross the crate boundary typed ([`lavic_model::RequestError`]), never
+//! recognised by their wording.
+
+use lavic_model::RequestError;
 
 /// Everything a call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +17,15 @@ pub enum Error {
         field: String,
         /// What is wrong with it.
         message: String,
+    },
+    /// A request that passed validation but that the model cannot answer as given (the prompt
+    /// is over the token budget, two ids tokenise the same...): still the caller's request.
+    #[error("{field}: {reason}")]
+    Refused {
+        /// The field the reason is about (see [`refused_field`]).
+        field: &'static str,
+        /// What the model found.
+        reason: RequestError,
     },
     /// Candidate or catalog ids that are not in the catalog.
     #[error("unknown {what}: {}", ids.join(", "))]
@@ -32,18 +47,21 @@ pub enum Error {
     /// The call's deadline passed before it was answered.
     #[error("deadline exceeded after {0:?}")]
     DeadlineExceeded(std::time::Duration),
+    /// The caller went away before its work ran (it never reads this answer).
+    #[error("cancelled by the caller")]
+    Cancelled,
     /// A mutating Catalog call without (or with a wrong) bearer token.
     #[error("missing or invalid bearer token")]
     Unauthenticated,
     /// Mutating Catalog calls are disabled (no token configured).
     #[error("{0}")]
     PermissionDenied(String),
-    /// The model failed on a request (not the caller's fault).
+    /// The model failed on a request (not the caller's fault), or while loading.
     #[error("model: {0}")]
     Model(#[from] lavic_model::Error),
     /// The catalog failed.
     #[error("catalog: {0}")]
-    Catalog(String),
+    Catalog(lavic_catalog::Error),
     /// A configuration value is invalid (the setting is named).
     #[error("configuration: {0}")]
     Config(String),
@@ -64,58 +82,170 @@ impl Error {
         Error::InvalidArgument { field: field.into(), message: message.into() }
     }
 
-    /// Metric label of the outcome (`invalid_argument`, `not_found`...).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::InvalidArgument { .. } => "invalid_argument",
-            Error::NotFound { .. } => "not_found",
-            Error::Overloaded(_) => "resource_exhausted",
-            Error::NotReady | Error::Draining => "unavailable",
-            Error::DeadlineExceeded(_) => "deadline_exceeded",
-            Error::Unauthenticated => "unauthenticated",
-            Error::PermissionDenied(_) => "permission_denied",
-            Error::Model(_) | Error::Catalog(_) | Error::Config(_) | Error::Startup(_) | Error::Internal(_) => "internal",
+    /// A model error on one request whose dialogue came in `dialogue_field`: the request's own
+    /// problem ([`Error::Refused`], naming the field) or ours ([`Error::Model`]).
+    pub fn from_model(e: lavic_model::Error, dialogue_field: &'static str) -> Self {
+        match e {
+            lavic_model::Error::Request(reason) => Error::Refused { field: refused_field(&reason, dialogue_field), reason },
+            other => Error::Model(other),
         }
+    }
+
+    /// The gRPC status code of this error: the one place that decides it.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::InvalidArgument { .. } | Error::Refused { .. } => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::NotReady | Error::Draining => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Cancelled => Code::Cancelled,
+            Error::Unauthenticated => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            // Never a client's doing (start-up only, or our failure).
+            Error::Model(_) | Error::Catalog(_) | Error::Config(_) | Error::Startup(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Metric label of the outcome: the status code's name (`invalid_argument`, `not_found`...).
+    pub fn kind(&self) -> &'static str {
+        code_label(self.code())
+    }
+}
+
+/// The request field a model refusal is about; `dialogue_field` is `context` or `turns`.
+pub fn refused_field(reason: &RequestError, dialogue_field: &'static str) -> &'static str {
+    match reason {
+        RequestError::ReservedTokenInDialogue { .. } | RequestError::DialogueOverBudget { .. } => dialogue_field,
+        RequestError::NoCandidates
+        | RequestError::ReservedToken { .. }
+        | RequestError::EmptyId { .. }
+        | RequestError::SameIdTokens { .. }
+        | RequestError::CandidatesOverBudget { .. } => "candidate_ids",
+    }
+}
+
+/// Snake-case name of a status code (the `status` label of the call metrics).
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
     }
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        let msg = e.to_string();
-        match e {
-            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(msg),
-            Error::NotFound { .. } => tonic::Status::not_found(msg),
-            Error::Overloaded(_) => tonic::Status::resource_exhausted(msg),
-            Error::NotReady | Error::Draining => tonic::Status::unavailable(msg),
-            Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
-            Error::Unauthenticated => tonic::Status::unauthenticated(msg),
-            Error::PermissionDenied(_) => tonic::Status::permission_denied(msg),
-            // Never a client's doing (start-up only, or our failure).
-            Error::Model(_) | Error::Catalog(_) | Error::Config(_) | Error::Startup(_) | Error::Internal(_) => {
-                tonic::Status::internal(msg)
-            }
-        }
+        tonic::Status::new(e.code(), e.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
+
+    /// One of each variant, with the status code, label and message it must give.
+    fn every_variant() -> Vec<(Error, Code, &'static str, &'static str)> {
+        let over = RequestError::DialogueOverBudget { budget: 300, excess: 12 };
+        vec![
+            (Error::invalid("context", "empty"), Code::InvalidArgument, "invalid_argument", "context: empty"),
+            (
+                Error::Refused { field: "turns", reason: over },
+                Code::InvalidArgument,
+                "invalid_argument",
+                "turns: the prompt is over the budget of 300 tokens (12 dialogue tokens too many)",
+            ),
+            (Error::NotFound { what: "candidate ids", ids: vec!["A".into(), "B".into()] }, Code::NotFound, "not_found", "unknown candidate ids: A, B"),
+            (Error::Overloaded(4), Code::ResourceExhausted, "resource_exhausted", "server overloaded: 4 requests already admitted"),
+            (Error::NotReady, Code::Unavailable, "unavailable", "still loading"),
+            (Error::Draining, Code::Unavailable, "unavailable", "shutting down"),
+            (Error::DeadlineExceeded(std::time::Duration::from_millis(5)), Code::DeadlineExceeded, "deadline_exceeded", "deadline exceeded after 5ms"),
+            (Error::Cancelled, Code::Cancelled, "cancelled", "cancelled by the caller"),
+            (Error::Unauthenticated, Code::Unauthenticated, "unauthenticated", "bearer token"),
+            (Error::PermissionDenied("disabled".into()), Code::PermissionDenied, "permission_denied", "disabled"),
+            (Error::Model(lavic_model::Error::Input("bad shape".into())), Code::Internal, "internal", "model: invalid input: bad shape"),
+            (Error::Catalog(lavic_catalog::Error::Busy("/cat".into())), Code::Internal, "internal", "catalog: catalog /cat is locked"),
+            (Error::Config("max_batch".into()), Code::Internal, "internal", "configuration: max_batch"),
+            (Error::Startup("no model".into()), Code::Internal, "internal", "startup: no model"),
+            (Error::Internal("worker gone".into()), Code::Internal, "internal", "internal: worker gone"),
+        ]
+    }
+
+    /// Fails to compile when a variant is added, until [`every_variant`] lists it too.
+    fn listed(e: &Error) -> usize {
+        match e {
+            Error::InvalidArgument { .. } => 0,
+            Error::Refused { .. } => 1,
+            Error::NotFound { .. } => 2,
+            Error::Overloaded(_) => 3,
+            Error::NotReady => 4,
+            Error::Draining => 5,
+            Error::DeadlineExceeded(_) => 6,
+            Error::Cancelled => 7,
+            Error::Unauthenticated => 8,
+            Error::PermissionDenied(_) => 9,
+            Error::Model(_) => 10,
+            Error::Catalog(_) => 11,
+            Error::Config(_) => 12,
+            Error::Startup(_) => 13,
+            Error::Internal(_) => 14,
+        }
+    }
 
     #[test]
-    fn codes_and_labels_agree() {
-        let cases = [
-            (Error::invalid("context", "empty"), tonic::Code::InvalidArgument, "context: empty"),
-            (Error::NotFound { what: "candidate ids", ids: vec!["A".into(), "B".into()] }, tonic::Code::NotFound, "unknown candidate ids: A, B"),
-            (Error::Overloaded(4), tonic::Code::ResourceExhausted, "server overloaded"),
-            (Error::Draining, tonic::Code::Unavailable, "shutting down"),
-        ];
-        for (e, code, text) in cases {
-            let kind = e.kind();
-            let s = tonic::Status::from(e);
-            assert_eq!(s.code(), code);
-            assert!(s.message().contains(text), "{}", s.message());
-            assert!(!kind.is_empty());
+    fn every_variant_has_its_exact_status_and_label() {
+        let cases = every_variant();
+        let order: Vec<usize> = cases.iter().map(|(e, ..)| listed(e)).collect();
+        assert_eq!(order, (0..cases.len()).collect::<Vec<_>>(), "every variant once, in order");
+        for (e, code, label, text) in cases {
+            assert_eq!(e.kind(), label, "{e:?}");
+            let status = tonic::Status::from(e);
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert_eq!(code_label(status.code()), label);
+            assert!(status.message().starts_with(text) || status.message().contains(text), "{:?} lacks {text:?}", status.message());
         }
+    }
+
+    #[test]
+    fn model_refusals_name_their_field_and_other_model_errors_are_ours() {
+        let cases = [
+            (RequestError::NoCandidates, "candidate_ids"),
+            (RequestError::ReservedToken { candidate: 1, id: "X".into(), part: "title", token: "<ItemImageEmb1>" }, "candidate_ids"),
+            (RequestError::ReservedTokenInDialogue { token: "<ItemImageEmb2>" }, "turns"),
+            (RequestError::EmptyId { candidate: 0 }, "candidate_ids"),
+            (RequestError::SameIdTokens { first: 0, second: 3 }, "candidate_ids"),
+            (RequestError::CandidatesOverBudget { tokens: 500, budget: 300 }, "candidate_ids"),
+            (RequestError::DialogueOverBudget { budget: 300, excess: 1 }, "turns"),
+        ];
+        for (reason, field) in cases {
+            let message = reason.to_string();
+            let e = Error::from_model(lavic_model::Error::Request(reason), "turns");
+            assert!(matches!(&e, Error::Refused { field: f, .. } if *f == field), "{e:?}");
+            let status = tonic::Status::from(e);
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert_eq!(status.message(), format!("{field}: {message}"));
+        }
+        // A model failure that is not about the request is INTERNAL, whatever its words say.
+        let e = Error::from_model(lavic_model::Error::Input("candidates #0 and #1 have the same id tokens".into()), "context");
+        assert_eq!((e.code(), e.kind()), (Code::Internal, "internal"));
+        let e = Error::from_model(lavic_model::Error::Image("invalid image".into()), "context");
+        assert_eq!(e.code(), Code::Internal);
     }
 }

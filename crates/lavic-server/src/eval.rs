@@ -270,7 +270,7 @@ fn run_local(args: &EvalArgs, convs: &[Conversation], out: &mut impl Write) -> a
         let t = Instant::now();
         let prepared: Vec<anyhow::Result<(RecommendInput, Vec<String>)>> = chunk.iter().map(|c| local.input(c, opts)).collect();
         let inputs: Vec<RecommendInput> = prepared.iter().filter_map(|p| p.as_ref().ok().map(|(i, _)| i.clone())).collect();
-        let mut results = local.model.recommend_batch(&inputs).into_iter();
+        let mut results = local.model.recommend_batch(&inputs).results.into_iter();
         let latency = t.elapsed();
         for (conv, p) in chunk.iter().zip(prepared) {
             let answer = match p {

@@ -30,7 +30,7 @@ pub struct Store {
 fn catalog_err(e: lavic_catalog::Error) -> Error {
     match e {
         lavic_catalog::Error::InvalidArgument(m) => Error::invalid("items", m),
-        other => Error::Catalog(other.to_string()),
+        other => Error::Catalog(other),
     }
 }
 
@@ -59,7 +59,7 @@ impl Store {
         let temp = tempfile::Builder::new()
             .prefix("lavic-demo-catalog-")
             .tempdir()
-            .map_err(|e| Error::Catalog(format!("cannot create a temporary folder: {e}")))?;
+            .map_err(|e| Error::Startup(format!("cannot create a temporary folder for the demo catalog: {e}")))?;
         let dir = temp.path().join("catalog");
         let catalog = Catalog::create_empty(&dir, encoder, StoreForm::Cls).map_err(catalog_err)?;
         let items: Vec<NewItem> = DEMO_ITEMS
@@ -73,7 +73,7 @@ impl Store {
             .collect();
         let report = catalog.upsert(&items, encoder).map_err(catalog_err)?;
         if let Some((id, why)) = report.failed.first() {
-            return Err(Error::Catalog(format!("demo item {id}: {why}")));
+            return Err(Error::Startup(format!("demo item {id}: {why}")));
         }
         Ok(Self { dir, catalog, temp: std::sync::Mutex::new(Some(temp)) })
     }
