@@ -16,7 +16,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use lavic_server::engine::Engine;
 use lavic_server::metrics::Metrics;
 use lavic_server::proto::{self, recommend_request::Dialogue, recommender_client::RecommenderClient};
-use lavic_server::request::{validate, Limits};
+use lavic_server::decode::decode_images;
+use lavic_server::validation::{self, Limits};
 use lavic_server::{Config, Hooks, Listeners};
 
 fn root() -> PathBuf {
@@ -80,7 +81,8 @@ fn benches(c: &mut Criterion) {
             }
             group.bench_function(format!("{n} candidates, {name} mode: in-process engine"), |b| {
                 b.iter(|| {
-                    let v = validate(req.clone(), &limits).unwrap();
+                    let v = validation::recommend(req.clone(), &limits).unwrap();
+                    let v = decode_images(v, &engine.model.encoder).unwrap();
                     let out = engine.recommend(&[&v]);
                     assert!(out[0].is_ok());
                 })

@@ -1,19 +1,24 @@
 //! What the handlers call: readiness and draining state, admission, the trip of a request
-//! through the queue to a worker and back under its deadline, and per-call bookkeeping (request
-//! id, metrics, one log line per call).
+//! through the queue to a worker and back under its deadline, and the per-call plumbing every
+//! handler shares ([`Core::handle`]: request id, deadline, tracing span, metrics, one log line
+//! per call, the status mapping).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::config::Config;
+use crate::decode::decode_images;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::proto;
 use crate::queue::{Outcome, Queue, RecommendJob, UpsertJob, Work};
-use crate::request::{decode_images, Limits, Source, Validated};
+use crate::validation::{Decoded, Limits, Source, Validated};
 
 /// How much earlier than the client's deadline the server gives up (at most; a tenth of short
 /// deadlines): the answer must reach the client before its own timer fires, and tonic's server
@@ -34,6 +39,24 @@ pub struct Call {
     /// When the server stops working on it.
     pub deadline: Instant,
 }
+
+/// A request message that may carry the caller's own request id (used in logs and answers).
+pub trait RequestId {
+    /// The id, or `""` when the message has none.
+    fn request_id(&self) -> &str {
+        ""
+    }
+}
+
+impl RequestId for proto::RecommendRequest {
+    fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+impl RequestId for proto::ModelInfoRequest {}
+impl RequestId for proto::UpsertItemsRequest {}
+impl RequestId for proto::GetItemRequest {}
+impl RequestId for proto::DeleteItemsRequest {}
 
 /// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
@@ -97,19 +120,31 @@ impl Core {
         let _ = self.engine.set(engine);
     }
 
-    /// Accepts calls from now on.
+    /// Accepts calls from now on (`lavic_ready` 1).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+        self.metrics.ready.set(self.accepting() as i64);
     }
 
-    /// Refuses new calls from now on.
+    /// Refuses new calls from now on (`lavic_ready` 0).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.metrics.ready.set(self.accepting() as i64);
+    }
+
+    /// Whether calls are accepted: ready and not draining.
+    fn accepting(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
 
     /// Requests admitted and not yet answered.
     pub fn admitted(&self) -> usize {
         self.queue.admitted()
+    }
+
+    /// Waits until no request is admitted, at most until `deadline`; true when none is left.
+    pub async fn drained(&self, deadline: Instant) -> bool {
+        self.queue.drained(deadline).await
     }
 
     /// Closes the queue (the workers exit once it is empty).
@@ -133,8 +168,25 @@ impl Core {
         }
     }
 
+    /// Runs one handler's `body` as a call: identity and deadline from the metadata, a tracing
+    /// span (method, request id) around it, then the call's metric and log line, and the status
+    /// mapping of its error. Every gRPC handler goes through here.
+    pub async fn handle<T, R, F, Fut>(&self, method: &'static str, request: tonic::Request<T>, body: F) -> std::result::Result<tonic::Response<R>, tonic::Status>
+    where
+        T: RequestId,
+        F: FnOnce(Call, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<R>>,
+    {
+        let call = self.call(&request, request.get_ref().request_id());
+        let span = tracing::info_span!("call", method, request_id = %call.request_id);
+        let result = body(call.clone(), request).instrument(span).await;
+        // The call's one log line names method and request id itself (outside the span).
+        self.finish(method, &call, &result);
+        result.map(tonic::Response::new).map_err(tonic::Status::from)
+    }
+
     /// Identity and deadline of a call from its metadata and extensions.
-    pub fn call<T>(&self, request: &tonic::Request<T>, request_id: &str) -> Call {
+    fn call<T>(&self, request: &tonic::Request<T>, request_id: &str) -> Call {
         let arrival = request.extensions().get::<Arrival>().map_or_else(Instant::now, |a| a.0);
         let server_max = Duration::from_secs(self.config.request_timeout_secs);
         let client = request
@@ -155,16 +207,17 @@ impl Core {
     }
 
     /// Counts and logs a finished call.
-    pub fn finish<T>(&self, method: &'static str, call: &Call, result: &Result<T>) {
+    fn finish<T>(&self, method: &'static str, call: &Call, result: &Result<T>) {
         let elapsed = call.arrival.elapsed();
         let status = result.as_ref().map_or_else(Error::kind, |_| "ok");
         self.metrics.observe_call(method, status, elapsed);
+        let ms = elapsed.as_millis() as u64;
         match result {
-            Ok(_) => tracing::info!(method, request_id = %call.request_id, ms = elapsed.as_millis() as u64, "ok"),
-            Err(e @ (Error::Model(_) | Error::Catalog(_) | Error::Internal(_) | Error::Startup(_) | Error::Config(_))) => {
-                tracing::error!(method, request_id = %call.request_id, ms = elapsed.as_millis() as u64, error = %e, "failed")
+            Ok(_) => tracing::info!(method, request_id = %call.request_id, ms, "ok"),
+            Err(e) if e.code() == tonic::Code::Internal => {
+                tracing::error!(method, request_id = %call.request_id, ms, error = %e, "failed")
             }
-            Err(e) => tracing::info!(method, request_id = %call.request_id, ms = elapsed.as_millis() as u64, status, error = %e, "refused"),
+            Err(e) => tracing::info!(method, request_id = %call.request_id, ms, status, error = %e, "refused"),
         }
     }
 
@@ -190,7 +243,7 @@ impl Core {
     /// The warm-up: one recommendation through the whole path, before calls are accepted.
     pub async fn warm_up(&self, engine: &Arc<Engine>) -> Result<Outcome> {
         let limits = Limits { unknown_ids: crate::config::UnknownIds::Fallback, ..self.limits };
-        let request = crate::request::validate(
+        let request = crate::validation::recommend(
             crate::proto::RecommendRequest {
                 request_id: "warm-up".into(),
                 dialogue: Some(crate::proto::recommend_request::Dialogue::Context(
@@ -203,24 +256,26 @@ impl Core {
         )?;
         let now = Instant::now();
         let call = Call { request_id: "warm-up".into(), arrival: now, deadline: now + Duration::from_secs(24 * 3600) };
-        self.recommend_with(engine, &call, request).await
+        let span = tracing::info_span!("call", method = "warm-up", request_id = %call.request_id);
+        self.recommend_with(engine, &call, request).instrument(span).await
     }
 
-    async fn recommend_with(&self, engine: &Arc<Engine>, call: &Call, mut request: Validated) -> Result<Outcome> {
+    async fn recommend_with(&self, engine: &Arc<Engine>, call: &Call, request: Validated) -> Result<Outcome> {
         let admission = self.queue.admit()?;
-        let has_images = request.candidates.iter().any(|c| matches!(c.source, Source::Inline { bytes: Some(_), .. }));
-        if has_images {
+        let request: Decoded = if request.has_images() {
             let e = engine.clone();
-            let decode = tokio::task::spawn_blocking(move || decode_images(&mut request, &e.model.encoder).map(|_| request));
-            request = match tokio::time::timeout_at(call.deadline.into(), decode).await {
+            let decode = tokio::task::spawn_blocking(move || decode_images(request, &e.model.encoder));
+            match tokio::time::timeout_at(call.deadline.into(), decode).await {
                 Err(_) => return Err(Error::DeadlineExceeded(call.arrival.elapsed())),
                 Ok(Err(join)) => return Err(Error::Internal(format!("image decoding task failed: {join}"))),
                 Ok(Ok(r)) => r?,
-            };
-        }
+            }
+        } else {
+            decode_images(request, &engine.model.encoder)?
+        };
         let (reply, answer) = oneshot::channel();
         let job = RecommendJob {
-            request_id: call.request_id.clone(),
+            span: tracing::Span::current(),
             request,
             deadline: call.deadline,
             enqueued: Instant::now(),
@@ -236,7 +291,8 @@ impl Core {
         self.engine()?;
         let admission = self.queue.admit()?;
         let (reply, answer) = oneshot::channel();
-        self.queue.submit(Work::Upsert(UpsertJob { items, deadline: call.deadline, reply, admission }))?;
+        let job = UpsertJob { span: tracing::Span::current(), items, deadline: call.deadline, reply, admission };
+        self.queue.submit(Work::Upsert(job))?;
         await_answer(call, answer).await
     }
 }

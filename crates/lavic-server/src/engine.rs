@@ -15,8 +15,8 @@ use crate::config::{Config, OverlongPolicy, UnknownIds};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::proto;
-use crate::request::{Source, Validated};
 use crate::store::Store;
+use crate::validation::{Decoded, Source};
 
 /// The model files of the embedded demo, found next to the sources (at build time) or under the
 /// current folder.
@@ -133,12 +133,12 @@ impl Engine {
         let t = Instant::now();
         let model = LavicModel::load(&opts)?;
         tracing::info!(model = %opts.model_dir.display(), secs = t.elapsed().as_secs_f32(), "model loaded");
+        let items_gauge = metrics.catalog_items.clone();
         let store = match &config.catalog_dir {
-            Some(dir) => Store::open(dir, &model.encoder)?,
-            None => Store::demo(&model.encoder)?,
+            Some(dir) => Store::open(dir, &model.encoder, items_gauge)?,
+            None => Store::demo(&model.encoder, items_gauge)?,
         };
         tracing::info!(catalog = %store.dir().display(), items = store.len(), "catalog opened");
-        metrics.catalog_items.set(store.len() as i64);
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         let info = proto::ModelInfoResponse {
             model_dir: opts.model_dir.display().to_string(),
@@ -189,8 +189,8 @@ impl Engine {
         (0..images.len()).map(|i| projected.get(i).map_err(|e| Error::Model(e.into()))).collect()
     }
 
-    /// Turns one validated request into the model's input: every candidate with its image tokens.
-    fn prepare(&self, req: &Validated) -> Result<Prepared> {
+    /// Turns one decoded request into the model's input: every candidate with its image tokens.
+    fn prepare(&self, req: &Decoded) -> Result<Prepared> {
         // Catalog lookups for every candidate not given inline.
         let catalog_ids: Vec<&str> =
             req.candidates.iter().filter(|c| matches!(c.source, Source::Catalog)).map(|c| c.id.as_str()).collect();
@@ -240,7 +240,7 @@ impl Engine {
     /// Runs one batch: every request gets its own result, in order. Default-mode requests share
     /// one forward pass (the model reruns each alone if that pass fails, so one bad request
     /// cannot fail its neighbours).
-    pub fn recommend(&self, requests: &[&Validated]) -> Vec<Result<Answer>> {
+    pub fn recommend(&self, requests: &[&Decoded]) -> Vec<Result<Answer>> {
         let mut out: Vec<Option<Result<Answer>>> = requests.iter().map(|_| None).collect();
         let mut inputs = Vec::new();
         let mut slots = Vec::new();

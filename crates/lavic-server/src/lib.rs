@@ -7,24 +7,27 @@
 //!
 //! - [`config`]: defaults -> TOML -> `LAVIC_*` env -> flags, validated at start;
 //! - [`error`]: the one error enum and its one mapping to gRPC status codes;
-//! - [`request`]: validation of a `RecommendRequest` (every refusal names the field);
+//! - [`validation`]: every rule a message must pass, for every RPC (each refusal names the
+//!   field); [`decode`]: a validated request's inline images decoded, once admitted;
 //! - [`queue`]: admission (semaphore) and the bounded queue to the model workers;
-//! - [`engine`] + [`store`]: model, catalog and the work on one batch; [`worker`]: the threads;
-//! - [`core`] + [`service`]: thin handlers over the shared core;
+//! - [`engine`] + [`store`]: model, catalog and the work on one batch; [`worker`]: the threads
+//!   and their batch forming;
+//! - [`core`] + [`service`]: thin handlers over the shared core and its one call wrapper;
 //! - [`server`]: the tower stack, health, reflection, start-up, warm-up and drain;
 //! - [`metrics`]: Prometheus on a separate port; [`client`]: the CLI's gRPC client commands.
 
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod queue;
-pub mod request;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod validation;
 pub mod worker;
 
 pub use config::{Config, ServeArgs};

@@ -1,26 +1,27 @@
 //! Admission and the bounded queue between the gRPC handlers (async) and the model workers
 //! (plain threads), as TGI's `Infer` + `queue.rs`: a semaphore `try_acquire` admits a request or
-//! sheds it with RESOURCE_EXHAUSTED; each admitted job carries its own reply channel and
-//! deadline, so a worker can skip work whose caller is gone.
+//! sheds it with RESOURCE_EXHAUSTED; each admitted job carries its own reply channel, deadline
+//! and the call's tracing span, so a worker can skip work whose caller is gone and log in the
+//! call's name. The drain at shutdown waits on the same semaphore.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::request::Validated;
+use crate::validation::Decoded;
 use lavic_model::Recommendation;
 
 /// A recommendation waiting for a worker.
 pub struct RecommendJob {
-    /// The caller's request id (for logs).
-    pub request_id: String,
+    /// The call's span (method, request id): the worker enters it for what it does for this job.
+    pub span: tracing::Span,
     /// The validated request, images decoded.
-    pub request: Validated,
+    pub request: Decoded,
     /// When the caller stops waiting.
     pub deadline: Instant,
     /// When the job entered the queue.
@@ -48,6 +49,8 @@ pub struct Outcome {
 
 /// A catalog upsert (image encoding is model work, so it runs on a worker too).
 pub struct UpsertJob {
+    /// The call's span.
+    pub span: tracing::Span,
     /// Items to store.
     pub items: Vec<lavic_catalog::NewItem>,
     /// When the caller stops waiting.
@@ -66,20 +69,68 @@ pub enum Work {
     Upsert(UpsertJob),
 }
 
+/// Why queued work is dropped without running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Its deadline passed in the queue.
+    Deadline,
+    /// The caller went away.
+    Cancelled,
+}
+
+impl Abandoned {
+    /// The `reason` label of `lavic_dropped_requests_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Abandoned::Deadline => "deadline",
+            Abandoned::Cancelled => "cancelled",
+        }
+    }
+
+    /// The answer the dropped work gets (if anyone still listens).
+    pub fn error(self) -> Error {
+        match self {
+            Abandoned::Deadline => Error::DeadlineExceeded(Duration::ZERO),
+            Abandoned::Cancelled => Error::Cancelled,
+        }
+    }
+}
+
 impl Work {
-    /// Whether nobody waits for this work any more (deadline passed or caller gone); `None` if
-    /// it is still wanted, else the reason for the metrics.
-    pub fn abandoned(&self, now: Instant) -> Option<&'static str> {
+    /// Whether nobody waits for this work any more (deadline passed or caller gone).
+    pub fn abandoned(&self, now: Instant) -> Option<Abandoned> {
         let (deadline, closed) = match self {
             Work::Recommend(j) => (j.deadline, j.reply.is_closed()),
             Work::Upsert(j) => (j.deadline, j.reply.is_closed()),
         };
         if now >= deadline {
-            Some("deadline")
+            Some(Abandoned::Deadline)
         } else if closed {
-            Some("cancelled")
+            Some(Abandoned::Cancelled)
         } else {
             None
+        }
+    }
+
+    /// The span of the call this work belongs to.
+    pub fn span(&self) -> &tracing::Span {
+        match self {
+            Work::Recommend(j) => &j.span,
+            Work::Upsert(j) => &j.span,
+        }
+    }
+
+    /// Answers the work with `reason`'s error without running it; frees its slot first.
+    pub fn drop_unrun(self, reason: Abandoned) {
+        match self {
+            Work::Recommend(j) => {
+                drop(j.admission);
+                let _ = j.reply.send(Err(reason.error()));
+            }
+            Work::Upsert(j) => {
+                drop(j.admission);
+                let _ = j.reply.send(Err(reason.error()));
+            }
         }
     }
 }
@@ -96,7 +147,9 @@ impl Drop for Admission {
     }
 }
 
-/// The sending side: admission control plus the bounded channel to the workers.
+/// The sending side: admission control plus the bounded channel to the workers. This module
+/// is the only writer of `lavic_inflight_requests` (admissions) and `lavic_queue_depth` (up on
+/// submit, down when a worker takes the work off, see [`Jobs`]).
 pub struct Queue {
     /// Bounded so that memory stays bounded even if admission were bypassed. Taken (dropped)
     /// by [`Queue::close`] so that the workers stop once the queue is empty.
@@ -107,15 +160,54 @@ pub struct Queue {
     metrics: Arc<Metrics>,
 }
 
-/// The receiving side, shared by the workers (the lock is held only while taking jobs).
-pub type SharedReceiver = Arc<Mutex<Receiver<Work>>>;
+/// The receiving side, shared by the workers.
+#[derive(Clone)]
+pub struct Jobs {
+    /// Locked by one worker while it forms a batch, so that batches are formed one at a time.
+    rx: Arc<Mutex<Receiver<Work>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// One worker's hold on the queue while it forms a batch ([`Jobs::lock`]).
+pub struct Taking<'a> {
+    rx: MutexGuard<'a, Receiver<Work>>,
+    metrics: &'a Metrics,
+}
+
+impl Jobs {
+    /// Holds the queue for this worker until the returned guard is dropped.
+    pub fn lock(&self) -> Taking<'_> {
+        Taking { rx: self.rx.lock().unwrap_or_else(|e| e.into_inner()), metrics: &self.metrics }
+    }
+}
+
+impl Taking<'_> {
+    /// The next work, waiting for it; None once the queue is closed and empty.
+    pub fn recv(&self) -> Option<Work> {
+        self.took(self.rx.recv().ok())
+    }
+
+    /// The next work if it comes within `wait` (at once when `wait` is zero).
+    pub fn recv_within(&self, wait: Duration) -> Option<Work> {
+        let next = if wait.is_zero() { self.rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { self.rx.recv_timeout(wait) };
+        self.took(next.ok())
+    }
+
+    fn took(&self, work: Option<Work>) -> Option<Work> {
+        if work.is_some() {
+            self.metrics.queue_depth.dec();
+        }
+        work
+    }
+}
 
 impl Queue {
     /// A queue admitting at most `capacity` requests at once.
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, SharedReceiver) {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, Jobs) {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let jobs = Jobs { rx: Arc::new(Mutex::new(rx)), metrics: metrics.clone() };
         let q = Self { tx: Mutex::new(Some(tx)), permits: Arc::new(Semaphore::new(capacity)), capacity, metrics };
-        (q, Arc::new(Mutex::new(rx)))
+        (q, jobs)
     }
 
     /// Admits one request or refuses with RESOURCE_EXHAUSTED.
@@ -129,23 +221,41 @@ impl Queue {
     pub fn submit(&self, work: Work) -> Result<()> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else { return Err(Error::Draining) };
+        // Counted before it can be taken off, so the gauge never goes below zero.
+        self.metrics.queue_depth.inc();
         match tx.try_send(work) {
-            Ok(()) => {
-                self.metrics.queue_depth.inc();
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             // Cannot happen while every job holds a permit (channel size = permits), but a full
             // channel must shed load, never block the runtime.
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded(self.capacity)),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Internal("the model workers have stopped".into())),
+            Err(e) => {
+                self.metrics.queue_depth.dec();
+                match e {
+                    TrySendError::Full(_) => Err(Error::Overloaded(self.capacity)),
+                    TrySendError::Disconnected(_) => Err(Error::Internal("the model workers have stopped".into())),
+                }
+            }
         }
     }
-}
 
-impl Queue {
     /// Requests admitted and not yet answered (queued, decoding or running).
     pub fn admitted(&self) -> usize {
         self.capacity - self.permits.available_permits()
+    }
+
+    /// Waits until every admitted request has given its slot back (or `deadline` passes):
+    /// true when none is left. Takes every permit while it waits, so nothing new is admitted.
+    pub async fn drained(&self, deadline: Instant) -> bool {
+        let all = async {
+            let mut held = Vec::new();
+            let mut left = self.capacity;
+            while left > 0 {
+                let n = u32::try_from(left).unwrap_or(u32::MAX);
+                held.push(self.permits.acquire_many(n).await?);
+                left -= n as usize;
+            }
+            Ok::<_, tokio::sync::AcquireError>(held)
+        };
+        matches!(tokio::time::timeout_at(deadline.into(), all).await, Ok(Ok(_)))
     }
 
     /// Closes the queue: later submits fail, and the workers exit once it is empty.
@@ -234,6 +344,24 @@ mod tests {
         assert_eq!(metrics.inflight.get(), 2);
         drop(a);
         assert!(q.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_drain_waits_for_the_last_slot_and_gives_up_at_its_deadline() {
+        let (q, _jobs) = Queue::new(3, Arc::new(Metrics::new()));
+        assert!(q.drained(Instant::now()).await, "nothing admitted: drained at once");
+        let held = q.admit().unwrap();
+        let t = Instant::now();
+        assert!(!q.drained(t + Duration::from_millis(50)).await, "a held slot keeps the drain waiting");
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert!(q.admit().is_ok(), "a drain that gave up takes no slot");
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(held);
+        });
+        assert!(q.drained(Instant::now() + Duration::from_secs(30)).await, "woken by the last slot, not by polling");
+        release.await.unwrap();
+        assert_eq!(q.admitted(), 0);
     }
 
     #[test]

@@ -6,13 +6,16 @@
 //! 2. model + catalog load on a blocking thread, the workers start, a warm-up request runs
 //!    through the whole path, then the services turn SERVING;
 //! 3. on shutdown: NOT_SERVING, new calls UNAVAILABLE, in-flight calls finish (bounded by the
-//!    grace period), then HTTP/2 GOAWAY and exit.
+//!    grace period; the drain waits on the admission semaphore), then HTTP/2 GOAWAY and exit;
+//!    the demo catalog's temporary folder is removed by a drop guard on every way out.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -57,6 +60,18 @@ impl Listeners {
 pub struct Hooks {
     /// Holds every batch (the warm-up's included) until opened.
     pub gate: Option<Gate>,
+}
+
+/// Removes the demo catalog's temporary folder when [`serve`] returns, however it returns (as
+/// mini-redis' `DbDropGuard`): by then no request can use the catalog any more.
+struct CatalogCleanup(Arc<Core>);
+
+impl Drop for CatalogCleanup {
+    fn drop(&mut self) {
+        if let Some(engine) = self.0.loaded_engine() {
+            engine.store.close();
+        }
+    }
 }
 
 /// Stamps each call's arrival time (the first layer of the stack).
@@ -146,15 +161,16 @@ pub async fn serve(
     config.validate()?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let (queue, rx) = Queue::new(config.queue_capacity, metrics.clone());
+    let (queue, jobs) = Queue::new(config.queue_capacity, metrics.clone());
     let core = Arc::new(Core::new(config.clone(), queue, metrics.clone()));
+    let _cleanup = CatalogCleanup(core.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     set_services(&health, ServingStatus::NotServing).await;
 
     // Metrics from the start, until the very end (the oneshot stops its HTTP server).
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     let metrics_task = listeners.metrics.map(|l| {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
         tokio::spawn(serve_metrics(l, metrics.clone(), async move {
@@ -163,76 +179,94 @@ pub async fn serve(
     });
 
     let grpc_addr = listeners.grpc.local_addr().map_err(|e| Error::Startup(e.to_string()))?;
-    // Fired once draining is done: tonic then sends GOAWAY and finishes the open streams.
-    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc = grpc_server(&config, core.clone(), health_service, incoming, async move {
         let _ = grpc_stopped.await;
     })?;
-    let mut grpc_task = tokio::spawn(grpc);
+    let grpc_task = tokio::spawn(grpc);
     tracing::info!(addr = %grpc_addr, tls = config.tls_cert.is_some(), "gRPC listening");
+    let mut running = Running { core: core.clone(), health: health.clone(), stop_grpc, grpc_task, stop_metrics, metrics_task, workers: Vec::new() };
 
     tokio::pin!(shutdown);
-    let mut workers = Vec::new();
     let started = tokio::select! {
-        r = start(&config, &core, &health, &metrics, rx, hooks, &mut workers) => Some(r),
+        r = start(&config, &core, &health, jobs, hooks, &mut running.workers) => Some(r),
         _ = &mut shutdown => None,
     };
     match started {
         Some(Ok(())) => {
             tokio::select! {
                 _ = &mut shutdown => {}
-                r = &mut grpc_task => {
+                r = &mut running.grpc_task => {
                     return Err(Error::Startup(format!("gRPC server stopped: {}", r.map_or_else(|e| e.to_string(), |r| format!("{r:?}")))));
                 }
             }
         }
         Some(Err(e)) => {
             tracing::error!(error = %e, "start-up failed");
-            core.close_queue();
-            if let Some(engine) = core.loaded_engine() {
-                engine.store.close();
-            }
-            let _ = stop_grpc.send(());
-            let _ = stop_metrics.send(());
+            running.stop_now();
             return Err(e);
         }
         None => tracing::info!("shutdown requested while loading"),
     }
-
-    // Drain: refuse new calls, let admitted ones finish within the grace period.
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let until = Instant::now() + grace;
-    core.start_draining();
-    metrics.ready.set(0);
-    set_services(&health, ServingStatus::NotServing).await;
-    tracing::info!(inflight = core.admitted(), grace_secs = grace.as_secs(), "draining");
-    while core.admitted() > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Close connections (GOAWAY) and wait for the streams still open, within what is left.
-    let _ = stop_grpc.send(());
-    let left = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-    if tokio::time::timeout(left, &mut grpc_task).await.is_err() {
-        tracing::warn!("grace period over; closing the remaining connections");
-        grpc_task.abort();
-    }
-    // Let the workers finish what they hold and exit, then remove the demo catalog's folder.
-    core.close_queue();
-    let left = until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-    let joined = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())));
-    if tokio::time::timeout(left, joined).await.is_err() {
-        tracing::warn!("model workers still busy at the end of the grace period");
-    }
-    if let Some(engine) = core.loaded_engine() {
-        engine.store.close();
-    }
-    let _ = stop_metrics.send(());
-    if let Some(t) = metrics_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
-    }
-    tracing::info!(unfinished = core.admitted(), "stopped");
+    running.drain(Duration::from_secs(config.shutdown_grace_secs)).await;
     Ok(())
+}
+
+/// What a started server runs, for shutting it down in order.
+struct Running {
+    core: Arc<Core>,
+    health: HealthReporter,
+    /// Fired once draining is done: tonic then sends GOAWAY and finishes the open streams.
+    stop_grpc: oneshot::Sender<()>,
+    grpc_task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    /// Stops the metrics HTTP server, which serves until the very end.
+    stop_metrics: oneshot::Sender<()>,
+    metrics_task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The model worker threads (they exit once the queue is closed and empty).
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// After a failed start: stop at once.
+    fn stop_now(self) {
+        self.core.close_queue();
+        let _ = self.stop_grpc.send(());
+        let _ = self.stop_metrics.send(());
+    }
+
+    /// Refuses new calls, lets admitted ones finish, closes connections, stops the workers and
+    /// the metrics endpoint, all within `grace`.
+    async fn drain(mut self, grace: Duration) {
+        let until = Instant::now() + grace;
+        let core = &self.core;
+        core.start_draining();
+        set_services(&self.health, ServingStatus::NotServing).await;
+        tracing::info!(inflight = core.admitted(), grace_secs = grace.as_secs(), "draining");
+        if !core.drained(until).await {
+            tracing::warn!(inflight = core.admitted(), "grace period over with requests still admitted");
+        }
+        // Close connections (GOAWAY) and wait for the streams still open, within what is left.
+        let _ = self.stop_grpc.send(());
+        let left = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        if tokio::time::timeout(left, &mut self.grpc_task).await.is_err() {
+            tracing::warn!("grace period over; closing the remaining connections");
+            self.grpc_task.abort();
+        }
+        // Let the workers finish what they hold and exit.
+        core.close_queue();
+        let left = until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let workers = self.workers;
+        let joined = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())));
+        if tokio::time::timeout(left, joined).await.is_err() {
+            tracing::warn!("model workers still busy at the end of the grace period");
+        }
+        let _ = self.stop_metrics.send(());
+        if let Some(t) = self.metrics_task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+        tracing::info!(unfinished = core.admitted(), "stopped");
+    }
 }
 
 /// Loads the engine, starts the workers, warms up, and marks the services SERVING.
@@ -240,19 +274,18 @@ async fn start(
     config: &Arc<Config>,
     core: &Arc<Core>,
     health: &HealthReporter,
-    metrics: &Arc<Metrics>,
-    rx: crate::queue::SharedReceiver,
+    jobs: crate::queue::Jobs,
     hooks: Hooks,
     workers: &mut Vec<std::thread::JoinHandle<()>>,
 ) -> Result<()> {
     let t = Instant::now();
-    let (c, m) = (config.clone(), metrics.clone());
+    let (c, m) = (config.clone(), core.metrics.clone());
     let engine = tokio::task::spawn_blocking(move || Engine::load(&c, m))
         .await
         .map_err(|e| Error::Startup(format!("loading panicked: {e}")))??;
     let engine = Arc::new(engine);
     let policy = BatchPolicy { max_batch: config.max_batch, window: Duration::from_millis(config.batch_window_ms) };
-    *workers = worker::spawn(config.workers, engine.clone(), rx, policy, hooks.gate)
+    *workers = worker::spawn(config.workers, engine.clone(), jobs, policy, hooks.gate)
         .map_err(|e| Error::Startup(format!("cannot start the model workers: {e}")))?;
     core.set_engine(engine.clone());
     if config.warmup {
@@ -260,7 +293,6 @@ async fn start(
         tracing::info!(ms = o.inference_time.as_millis() as u64, prompt_tokens = o.recommendation.prompt_tokens, "warm-up passed");
     }
     core.set_ready();
-    metrics.ready.set(1);
     set_services(health, ServingStatus::Serving).await;
     tracing::info!(secs = t.elapsed().as_secs_f32(), demo = config.is_demo(), "serving");
     Ok(())

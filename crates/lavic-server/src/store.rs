@@ -1,11 +1,13 @@
 //! The catalog as the server uses it: a [`lavic_catalog::Catalog`] (lock-free reads, serialised
 //! writes, both on `&self`) with errors mapped to ours, plus the embedded demo catalog built at
-//! start-up from the fixture images.
+//! start-up from the fixture images. The store is the one writer of `lavic_catalog_items`: it
+//! sets it when opened and after each write.
 
 use std::path::{Path, PathBuf};
 
 use lavic_catalog::{Catalog, CatalogItem, ItemInfo, NewItem, StoreForm, UpsertReport};
 use lavic_model::ImageEncoder;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::error::{Error, Result};
 
@@ -25,6 +27,8 @@ pub struct Store {
     /// The demo catalog's temporary folder (removed by [`Store::close`] or on drop); in a mutex
     /// so that `close` can take it through the shared reference.
     temp: std::sync::Mutex<Option<tempfile::TempDir>>,
+    /// `lavic_catalog_items`.
+    items: Gauge,
 }
 
 fn catalog_err(e: lavic_catalog::Error) -> Error {
@@ -38,7 +42,8 @@ impl Store {
     /// Opens the catalog at `dir` and checks it was built by `encoder`'s numbers. A folder the
     /// process cannot write (the read-only volume of the Kubernetes manifests) is opened
     /// read-only: Catalog upserts and deletes then apply in memory only and are lost on restart.
-    pub fn open(dir: &Path, encoder: &ImageEncoder) -> Result<Self> {
+    /// `items` is the gauge the store keeps at its item count.
+    pub fn open(dir: &Path, encoder: &ImageEncoder, items: Gauge) -> Result<Self> {
         let writable = tempfile::tempfile_in(dir).is_ok();
         let catalog = if writable {
             Catalog::open(dir)
@@ -51,18 +56,29 @@ impl Store {
         }
         .map_err(catalog_err)?;
         catalog.check_encoder(encoder).map_err(catalog_err)?;
-        Ok(Self { dir: dir.to_path_buf(), catalog, temp: std::sync::Mutex::new(None) })
+        Ok(Self::with(dir.to_path_buf(), catalog, None, items))
+    }
+
+    fn with(dir: PathBuf, catalog: Catalog, temp: Option<tempfile::TempDir>, items: Gauge) -> Self {
+        let store = Self { dir, catalog, temp: std::sync::Mutex::new(temp), items };
+        store.count();
+        store
+    }
+
+    /// Sets `lavic_catalog_items` to the item count.
+    fn count(&self) {
+        self.items.set(self.len() as i64);
     }
 
     /// Builds the demo catalog in a new temporary folder (under the system temp dir).
-    pub fn demo(encoder: &ImageEncoder) -> Result<Self> {
+    pub fn demo(encoder: &ImageEncoder, items: Gauge) -> Result<Self> {
         let temp = tempfile::Builder::new()
             .prefix("lavic-demo-catalog-")
             .tempdir()
             .map_err(|e| Error::Startup(format!("cannot create a temporary folder for the demo catalog: {e}")))?;
         let dir = temp.path().join("catalog");
         let catalog = Catalog::create_empty(&dir, encoder, StoreForm::Cls).map_err(catalog_err)?;
-        let items: Vec<NewItem> = DEMO_ITEMS
+        let demo: Vec<NewItem> = DEMO_ITEMS
             .iter()
             .map(|(id, title, image)| NewItem {
                 id: id.to_string(),
@@ -71,11 +87,11 @@ impl Store {
                 metadata: serde_json::json!({ "demo": true }),
             })
             .collect();
-        let report = catalog.upsert(&items, encoder).map_err(catalog_err)?;
+        let report = catalog.upsert(&demo, encoder).map_err(catalog_err)?;
         if let Some((id, why)) = report.failed.first() {
             return Err(Error::Startup(format!("demo item {id}: {why}")));
         }
-        Ok(Self { dir, catalog, temp: std::sync::Mutex::new(Some(temp)) })
+        Ok(Self::with(dir, catalog, Some(temp), items))
     }
 
     /// Removes the demo catalog's temporary folder (nothing for a real catalog). Call it once
@@ -125,11 +141,15 @@ impl Store {
 
     /// Encodes and stores items.
     pub fn upsert(&self, items: &[NewItem], encoder: &ImageEncoder) -> Result<UpsertReport> {
-        self.catalog.upsert(items, encoder).map_err(catalog_err)
+        let report = self.catalog.upsert(items, encoder).map_err(catalog_err);
+        self.count();
+        report
     }
 
     /// Deletes items; returns how many existed.
     pub fn delete(&self, ids: &[&str]) -> Result<usize> {
-        self.catalog.delete(ids).map_err(catalog_err)
+        let deleted = self.catalog.delete(ids).map_err(catalog_err);
+        self.count();
+        deleted
     }
 }

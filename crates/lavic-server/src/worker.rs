@@ -1,16 +1,16 @@
 //! Model worker threads (as TGI's batcher / mistral.rs's engine thread): each takes up to
-//! `max_batch` jobs from the shared bounded queue, drops those whose caller is gone or whose
-//! deadline passed, runs the rest as one batch and answers each job on its own channel. A panic
-//! in model code fails only that batch's requests; the worker keeps serving.
+//! `max_batch` jobs from the shared bounded queue ([`BatchPolicy::take`]), drops those whose
+//! caller is gone or whose deadline passed ([`Batch::form`]), runs the rest as one batch and
+//! answers each job on its own channel, inside the job's own tracing span. A panic in model code
+//! fails only that batch's requests; the worker keeps serving.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Answer, Engine};
 use crate::error::Error;
-use crate::queue::{Gate, Outcome, RecommendJob, SharedReceiver, UpsertJob, Work};
+use crate::queue::{Abandoned, Gate, Jobs, Outcome, RecommendJob, UpsertJob, Work};
 
 /// How a worker forms batches.
 #[derive(Debug, Clone, Copy)]
@@ -21,95 +21,98 @@ pub struct BatchPolicy {
     pub window: Duration,
 }
 
+impl BatchPolicy {
+    /// Takes the next jobs: blocks for the first, then gathers more until `max_batch` are in
+    /// hand or `window` has passed since the first came. None once the queue is closed.
+    pub fn take(&self, jobs: &Jobs) -> Option<Vec<Work>> {
+        // Held while gathering so that one worker forms one batch at a time.
+        let queue = jobs.lock();
+        let first = queue.recv()?;
+        let mut taken = vec![first];
+        let until = Instant::now() + self.window;
+        while taken.len() < self.max_batch {
+            match queue.recv_within(until.saturating_duration_since(Instant::now())) {
+                Some(w) => taken.push(w),
+                None => break,
+            }
+        }
+        Some(taken)
+    }
+}
+
+/// One batch as a worker runs it: the recommendations (one model call, default-mode ones in one
+/// forward pass), then the upserts one by one.
+#[derive(Default)]
+pub struct Batch {
+    /// Recommendations, in queue order.
+    pub recommend: Vec<RecommendJob>,
+    /// Catalog upserts, in queue order.
+    pub upserts: Vec<UpsertJob>,
+}
+
+impl Batch {
+    /// Sorts taken work at `now`: what nobody waits for any more comes back apart, with the
+    /// reason, to be answered without running.
+    pub fn form(taken: Vec<Work>, now: Instant) -> (Batch, Vec<(Work, Abandoned)>) {
+        let mut batch = Batch::default();
+        let mut dropped = Vec::new();
+        for work in taken {
+            match (work.abandoned(now), work) {
+                (Some(reason), work) => dropped.push((work, reason)),
+                (None, Work::Recommend(j)) => batch.recommend.push(j),
+                (None, Work::Upsert(j)) => batch.upserts.push(j),
+            }
+        }
+        (batch, dropped)
+    }
+
+    /// Whether there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.recommend.is_empty() && self.upserts.is_empty()
+    }
+}
+
 /// Starts `n` worker threads. They exit when every sender of the queue is dropped.
 pub fn spawn(
     n: usize,
     engine: Arc<Engine>,
-    rx: SharedReceiver,
+    jobs: Jobs,
     policy: BatchPolicy,
     gate: Option<Gate>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..n)
         .map(|i| {
-            let (engine, rx, gate) = (engine.clone(), rx.clone(), gate.clone());
+            let (engine, jobs, gate) = (engine.clone(), jobs.clone(), gate.clone());
             std::thread::Builder::new()
                 .name(format!("lavic-worker-{i}"))
-                .spawn(move || run(&engine, &rx, policy, gate.as_ref()))
+                .spawn(move || run(&engine, &jobs, policy, gate.as_ref()))
         })
         .collect()
 }
 
-/// Takes the next batch: blocks for the first job, then gathers more (up to the window).
-/// None when the queue is closed.
-fn next_batch(rx: &SharedReceiver, policy: BatchPolicy) -> Option<Vec<Work>> {
-    // Held while gathering so that one worker forms one batch at a time.
-    let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-    let first = rx.recv().ok()?;
-    let mut batch = vec![first];
-    let until = Instant::now() + policy.window;
-    while batch.len() < policy.max_batch {
-        let next = match until.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => rx.recv_timeout(left),
-            _ => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
-        };
-        match next {
-            Ok(w) => batch.push(w),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
-}
-
-fn run(engine: &Engine, rx: &SharedReceiver, policy: BatchPolicy, gate: Option<&Gate>) {
+fn run(engine: &Engine, jobs: &Jobs, policy: BatchPolicy, gate: Option<&Gate>) {
     let metrics = engine.metrics();
-    while let Some(batch) = next_batch(rx, policy) {
-        metrics.queue_depth.dec_by(batch.len() as i64);
-        let now = Instant::now();
-        let mut recs = Vec::new();
-        let mut upserts = Vec::new();
-        for work in batch {
-            if let Some(reason) = work.abandoned(now) {
-                metrics.observe_drop(reason);
-                drop_work(work, reason);
-                continue;
-            }
-            match work {
-                Work::Recommend(j) => recs.push(j),
-                Work::Upsert(j) => upserts.push(j),
-            }
+    while let Some(taken) = policy.take(jobs) {
+        let (batch, dropped) = Batch::form(taken, Instant::now());
+        for (work, reason) in dropped {
+            metrics.observe_drop(reason.label());
+            work.span().in_scope(|| tracing::info!(reason = reason.label(), "dropped from the queue before running"));
+            work.drop_unrun(reason);
         }
-        if recs.is_empty() && upserts.is_empty() {
+        if batch.is_empty() {
             continue;
         }
         if let Some(g) = gate {
             g.pass();
         }
-        if !recs.is_empty() {
-            run_recommend(engine, recs);
+        if !batch.recommend.is_empty() {
+            run_recommend(engine, batch.recommend);
         }
-        for job in upserts {
+        for job in batch.upserts {
             run_upsert(engine, job);
         }
     }
     tracing::debug!("model worker stopped: queue closed");
-}
-
-fn drop_work(work: Work, reason: &str) {
-    let err = || match reason {
-        "deadline" => Error::DeadlineExceeded(Duration::ZERO),
-        _ => Error::Internal("cancelled".into()),
-    };
-    match work {
-        Work::Recommend(j) => {
-            tracing::info!(request_id = %j.request_id, reason, "dropped from the queue before running");
-            drop(j.admission);
-            let _ = j.reply.send(Err(err()));
-        }
-        Work::Upsert(j) => {
-            drop(j.admission);
-            let _ = j.reply.send(Err(err()));
-        }
-    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -121,6 +124,11 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 fn run_recommend(engine: &Engine, jobs: Vec<RecommendJob>) {
     let metrics = engine.metrics();
+    let span = tracing::info_span!("batch", size = jobs.len());
+    for j in &jobs {
+        span.follows_from(j.span.id());
+    }
+    let _in_batch = span.enter();
     let started = Instant::now();
     let queue_times: Vec<Duration> = jobs.iter().map(|j| started.saturating_duration_since(j.enqueued)).collect();
     for q in &queue_times {
@@ -142,7 +150,7 @@ fn run_recommend(engine: &Engine, jobs: Vec<RecommendJob>) {
             Outcome { recommendation, fallback_ids, batch_size, queue_time, inference_time }
         });
         if let Err(e) = &outcome {
-            tracing::debug!(request_id = %job.request_id, error = %e, "request failed in the worker");
+            job.span.in_scope(|| tracing::debug!(error = %e, "request failed in the worker"));
         }
         // Free the slot first, so that a caller who got its answer sees the slot free.
         let RecommendJob { reply, admission, .. } = job;
@@ -153,9 +161,137 @@ fn run_recommend(engine: &Engine, jobs: Vec<RecommendJob>) {
 }
 
 fn run_upsert(engine: &Engine, job: UpsertJob) {
-    let result = catch_unwind(AssertUnwindSafe(|| engine.store.upsert(&job.items, &engine.model.encoder)))
-        .unwrap_or_else(|p| Err(Error::Internal(format!("catalog upsert panicked: {}", panic_message(p.as_ref())))));
-    engine.metrics().catalog_items.set(engine.store.len() as i64);
-    drop(job.admission);
-    let _ = job.reply.send(result);
+    let UpsertJob { span, items, reply, admission, .. } = job;
+    let result = span.in_scope(|| {
+        catch_unwind(AssertUnwindSafe(|| engine.store.upsert(&items, &engine.model.encoder)))
+            .unwrap_or_else(|p| Err(Error::Internal(format!("catalog upsert panicked: {}", panic_message(p.as_ref())))))
+    });
+    drop(admission);
+    let _ = reply.send(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::queue::Queue;
+    use crate::validation::{self, Decoded, Limits};
+    use tokio::sync::oneshot;
+
+    /// A queue of `capacity` and its metrics.
+    fn queue(capacity: usize) -> (Queue, Jobs, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let (q, jobs) = Queue::new(capacity, metrics.clone());
+        (q, jobs, metrics)
+    }
+
+    fn request(ids: &[&str]) -> Decoded {
+        let limits = Limits { max_candidates: 20, max_context_bytes: 1000, max_image_bytes: 10, unknown_ids: Default::default() };
+        let msg = crate::proto::RecommendRequest {
+            dialogue: Some(crate::proto::recommend_request::Dialogue::Context("<submission>hi</submission>\n".into())),
+            candidate_ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        validation::recommend(msg, &limits).unwrap().map_images(|_, _| Err(Error::Internal("no images here".into()))).unwrap()
+    }
+
+    /// Submits a recommendation with `deadline`; returns the receiving end of its answer.
+    fn submit(q: &Queue, first_id: &str, deadline: Instant) -> oneshot::Receiver<crate::Result<Outcome>> {
+        let (reply, answer) = oneshot::channel();
+        let job = RecommendJob {
+            span: tracing::Span::none(),
+            request: request(&[first_id, "OTHER"]),
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+            admission: q.admit().unwrap(),
+        };
+        q.submit(Work::Recommend(job)).unwrap();
+        answer
+    }
+
+    fn first_ids(works: &[Work]) -> Vec<String> {
+        works
+            .iter()
+            .map(|w| match w {
+                Work::Recommend(j) => j.request.candidates[0].id.clone(),
+                Work::Upsert(j) => j.items[0].id.clone(),
+            })
+            .collect()
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn batches_take_at_most_max_batch_in_queue_order() {
+        let (q, jobs, metrics) = queue(8);
+        let _answers: Vec<_> = ["A", "B", "C", "D", "E"].iter().map(|id| submit(&q, id, later())).collect();
+        assert_eq!(metrics.queue_depth.get(), 5);
+        let policy = BatchPolicy { max_batch: 4, window: Duration::ZERO };
+        assert_eq!(first_ids(&policy.take(&jobs).unwrap()), ["A", "B", "C", "D"]);
+        assert_eq!(metrics.queue_depth.get(), 1, "taken work leaves the queue depth");
+        assert_eq!(first_ids(&policy.take(&jobs).unwrap()), ["E"], "no waiting with a zero window");
+        assert_eq!(metrics.queue_depth.get(), 0);
+        q.close();
+        assert!(policy.take(&jobs).is_none(), "a closed, empty queue ends the worker");
+    }
+
+    #[test]
+    fn the_window_waits_for_more_work_and_then_runs_what_it_has() {
+        let (q, jobs, _metrics) = queue(8);
+        let q = Arc::new(q);
+        let _a = submit(&q, "A", later());
+        let sender = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                submit(&q, "B", later())
+            })
+        };
+        // B comes after A, within the window: same batch, taken as soon as the batch is full.
+        let wide = BatchPolicy { max_batch: 2, window: Duration::from_secs(60) };
+        assert_eq!(first_ids(&wide.take(&jobs).unwrap()), ["A", "B"]);
+        let _b = sender.join().unwrap();
+        // With room left, the window ends the batch: C runs without waiting for D.
+        let _c = submit(&q, "C", later());
+        let short = BatchPolicy { max_batch: 4, window: Duration::from_millis(30) };
+        assert_eq!(first_ids(&short.take(&jobs).unwrap()), ["C"]);
+        let _d = submit(&q, "D", later());
+        assert_eq!(first_ids(&short.take(&jobs).unwrap()), ["D"]);
+    }
+
+    #[test]
+    fn abandoned_work_is_dropped_with_its_reason_and_the_rest_sorted() {
+        let (q, jobs, metrics) = queue(8);
+        let expired = submit(&q, "EXPIRED", Instant::now());
+        let gone = submit(&q, "GONE", later());
+        drop(gone);
+        let mut live = submit(&q, "LIVE", later());
+        let (reply, _upsert_answer) = oneshot::channel();
+        let item = lavic_catalog::NewItem { id: "UP".into(), title: String::new(), image: None, metadata: serde_json::json!({}) };
+        let upsert = UpsertJob { span: tracing::Span::none(), items: vec![item], deadline: later(), reply, admission: q.admit().unwrap() };
+        q.submit(Work::Upsert(upsert)).unwrap();
+        assert_eq!(q.admitted(), 4);
+
+        let taken = BatchPolicy { max_batch: 8, window: Duration::ZERO }.take(&jobs).unwrap();
+        let (batch, dropped) = Batch::form(taken, Instant::now());
+        assert_eq!(batch.recommend.iter().map(|j| j.request.candidates[0].id.as_str()).collect::<Vec<_>>(), ["LIVE"]);
+        assert_eq!(batch.upserts.len(), 1);
+        let reasons: Vec<(String, Abandoned)> = dropped.iter().map(|(w, r)| (first_ids(std::slice::from_ref(w))[0].clone(), *r)).collect();
+        assert_eq!(reasons, [("EXPIRED".to_string(), Abandoned::Deadline), ("GONE".to_string(), Abandoned::Cancelled)]);
+
+        // Dropping answers the waiting caller and frees the slots at once.
+        for (work, reason) in dropped {
+            work.drop_unrun(reason);
+        }
+        assert_eq!(q.admitted(), 2);
+        assert_eq!(metrics.inflight.get(), 2);
+        let mut expired = expired;
+        assert!(matches!(expired.try_recv(), Ok(Err(Error::DeadlineExceeded(_)))));
+        assert!(live.try_recv().is_err(), "the live job is not answered by forming the batch");
+        assert!(!batch.is_empty());
+        assert!(Batch::form(Vec::new(), Instant::now()).0.is_empty());
+    }
 }
