@@ -4,7 +4,7 @@
 //! candidate (NOT_FOUND), so exactly half the calls fail. Also: CSV and summary output, and the
 //! refusal of a non-loopback target.
 
-#[path = "common.rs"]
+#[path = "server/common.rs"]
 mod common;
 
 use std::process::Command;

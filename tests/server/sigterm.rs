@@ -2,12 +2,9 @@
 //! uses it) receives a SIGTERM sent to this test process; the in-flight call completes, the next
 //! call is refused, and `serve` returns within the grace period.
 
-#[path = "common.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lavic_server::{Gate, RECOMMENDER_SERVICE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,13 +19,10 @@
 //! FREE mode's pick is empty when invalid. The reference's parse finds A in #3 and #5 too (the
 //! model answers A, which is not a candidate there): invalid for the reference as well.
 
-#[path = "common.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use lavic_server::Config;
 use serde_json::Value;
 

@@ -2,11 +2,9 @@
 //! over inline items, as structured turns, in FREE mode, with compression; plus ModelInfo and
 //! the metrics that one call leaves behind.
 
-#[path = "common.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_server::proto::{self, recommend_request::Dialogue};
+use lavic_server::Config;
 use tonic::codec::CompressionEncoding;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,5 +148,3 @@ async fn requests_arriving_together_share_a_forward_pass() {
     }
     server.stop().await;
 }
-
-use lavic_server::Config;

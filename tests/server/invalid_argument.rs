@@ -1,10 +1,7 @@
 //! Every malformed request is INVALID_ARGUMENT with a message naming the field, and none of them
 //! harms the server: a good request afterwards still succeeds.
 
-#[path = "common.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_server::config::OverlongPolicy;
 use lavic_server::proto::{self, recommend_request::Dialogue};
 use lavic_server::Config;

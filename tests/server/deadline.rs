@@ -1,12 +1,9 @@
 //! The client's deadline (grpc-timeout) is honoured with DEADLINE_EXCEEDED, and the abandoned
 //! request is dropped from the queue: the model never runs it.
 
-#[path = "common.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lavic_server::{Config, Gate, RECOMMENDER_SERVICE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

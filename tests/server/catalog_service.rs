@@ -1,10 +1,7 @@
 //! lavic.v1.Catalog: mutating calls need the bearer token (refused without one configured);
 //! upserted items are encoded and usable by Recommend at once; GetItem and DeleteItems.
 
-#[path = "common.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_server::config::Secret;
 use lavic_server::proto;
 use lavic_server::Config;
@@ -86,5 +83,44 @@ async fn without_a_configured_token_changes_are_refused() {
     let err = cat.delete_items(authed(proto::DeleteItemsRequest { ids: vec!["DEMO000001".into()] }, "x")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(cat.get_item(proto::GetItemRequest { id: "DEMO000001".into() }).await.unwrap().into_inner().id, "DEMO000001");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_catalog_calls_name_the_field_and_change_nothing() {
+    let server = start_serving(Config { catalog_token: Some(Secret("s3cret".into())), max_image_bytes: 64 << 10, ..config() }).await;
+    let mut cat = server.catalog().await;
+    let invalid = |err: tonic::Status, field: &str| {
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().starts_with(&format!("{field}:")), "message {:?} does not name {field}", err.message());
+    };
+    let upserts = [
+        (vec![], "items"),
+        (vec![item("GOOD1", "t", vec![], ""), item("", "t", vec![], "")], "items[1].id"),
+        (vec![item(" PADDED", "t", vec![], "")], "items[0].id"),
+        (vec![item(&"x".repeat(1025), "t", vec![], "")], "items[0].id"),
+        (vec![item("GOOD1", "two\nlines", vec![], "")], "items[0].title"),
+        (vec![item("GOOD1", "<ItemImageEmb1>", vec![], "")], "items[0].title"),
+        (vec![item("GOOD1", "t", vec![0xFF; (64 << 10) + 1], "")], "items[0].image"),
+        (vec![item("GOOD1", "t", vec![], ""), item("GOOD1", "u", vec![], "")], "items[1].id"),
+        (vec![item("GOOD1", "t", vec![], "not json")], "items[0].metadata_json"),
+    ];
+    for (items, field) in upserts {
+        invalid(cat.upsert_items(authed(proto::UpsertItemsRequest { items }, "s3cret")).await.unwrap_err(), field);
+    }
+    invalid(cat.delete_items(authed(proto::DeleteItemsRequest { ids: vec![] }, "s3cret")).await.unwrap_err(), "ids");
+    let ids = vec!["DEMO000001".into(), "BAD\tID".into()];
+    invalid(cat.delete_items(authed(proto::DeleteItemsRequest { ids }, "s3cret")).await.unwrap_err(), "ids[1]");
+    invalid(cat.get_item(proto::GetItemRequest { id: String::new() }).await.unwrap_err(), "id");
+    // The token is checked before the message: a bad message without it is UNAUTHENTICATED.
+    let err = cat.upsert_items(proto::UpsertItemsRequest { items: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // Nothing was stored or deleted; the refusals are counted.
+    let info = server.recommender().await.model_info(proto::ModelInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.catalog_items, 5);
+    assert!(cat.get_item(proto::GetItemRequest { id: "GOOD1".into() }).await.is_err());
+    assert_eq!(server.metric("lavic_requests_total{method=\"UpsertItems\",status=\"invalid_argument\"}").await, 9.0);
+    assert_eq!(server.metric("lavic_catalog_items").await, 5.0);
     server.stop().await;
 }

@@ -1,10 +1,7 @@
 //! Server reflection, v1 and v1alpha (grpcurl and ghz use it): both lavic services, health and
 //! reflection itself are listed, and the Recommend method's message types can be resolved.
 
-#[path = "common.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 
 macro_rules! list_services {
     ($pb:path, $channel:expr) => {{

@@ -2,11 +2,11 @@
 //! server loads), with a message naming the fingerprints, instead of serving wrong tokens; the
 //! same catalog is accepted by a server whose encoder matches.
 
-mod common;
-
 use std::path::PathBuf;
 
 use lavic_model::{DType, ImageEncoder, LoadOptions};
+
+use crate::common;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")

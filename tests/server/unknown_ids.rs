@@ -1,10 +1,7 @@
 //! Unknown candidate ids: NOT_FOUND listing them by default; the reference's fallback ("No Title",
 //! white image) when the request or the server asks for it.
 
-#[path = "common.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_server::config::UnknownIds;
 use lavic_server::proto;
 use lavic_server::Config;

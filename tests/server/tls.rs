@@ -1,13 +1,10 @@
 //! Optional TLS: with a certificate and key configured the server speaks only TLS; the tonic
 //! client and `lavic healthcheck --tls-ca` reach it, a plaintext client does not.
 
-#[path = "common.rs"]
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lavic_server::proto::recommender_client::RecommenderClient;
 use lavic_server::{Config, Gate};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};

@@ -2,10 +2,7 @@
 //! process listens; `lavic.v1.Recommender` is NOT_SERVING until the model is loaded and the
 //! warm-up passed, SERVING then, and NOT_SERVING again from the shutdown signal on.
 
-#[path = "common.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_server::{Gate, CATALOG_SERVICE, RECOMMENDER_SERVICE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

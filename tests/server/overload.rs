@@ -1,12 +1,9 @@
 //! Load shedding: beyond LAVIC_QUEUE_CAPACITY admitted requests, Recommend answers
 //! RESOURCE_EXHAUSTED at once, while health, ModelInfo and the admitted requests keep working.
 
-#[path = "common.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lavic_server::proto;
 use lavic_server::{Config, Gate, RECOMMENDER_SERVICE};
 

@@ -1,0 +1,21 @@
+//! The server's integration tests, as one test binary (it links once: fourteen binaries of the
+//! whole server filled CI's disk). One module per behaviour; each test starts the real server
+//! (or the `lavic` binary) on 127.0.0.1 with the embedded demo and stops it. `common` holds the
+//! shared helpers (also used by lavic-bench's ghz-report test).
+
+mod common;
+
+mod binary;
+mod catalog_fingerprint;
+mod catalog_service;
+mod deadline;
+mod eval_metrics;
+mod health;
+mod invalid_argument;
+mod overload;
+mod prompt_reference;
+mod recommend;
+mod reflection;
+mod sigterm;
+mod tls;
+mod unknown_ids;
