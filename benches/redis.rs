@@ -95,7 +95,7 @@ fn lookups(c: &mut Criterion) {
             });
         }
         let st = strict.stats();
-        eprintln!("strict store after {k}: hits {} misses {} round trips {}", st.cache_hits, st.cache_misses, st.round_trips);
+        eprintln!("strict store after the {k}-candidate runs: {st:?}");
     }
     g.finish();
 }

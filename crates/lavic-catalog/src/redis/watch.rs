@@ -90,7 +90,8 @@ async fn subscribe_once(core: &Core, backoff: &mut Backoff) -> Result<(), String
                 }
             }
             _ = tick.tick() => {
-                match tokio::time::timeout(timeout, sink.ping::<String>()).await {
+                // Subscribed, PING answers ["pong", ""] (RESP2): accept any reply.
+                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(format!("ping failed: {e}")),
                     Err(_) => return Err(format!("no answer to a ping within {timeout:?}")),

@@ -73,7 +73,8 @@ fn both_backends_give_the_same_answers() {
 #[test]
 fn credentials_are_used_and_wrong_ones_refused() {
     let server = RedisServer::start_with(ServerOptions {
-        extra: ["--user", "default", "off", "--user", "lavic", "on", ">s3cret-pw", "~*", "&*", "+@all"].map(String::from).to_vec(),
+        // The ACL of deploy/k8s/components/redis: lavic's keys and channels, no dangerous command.
+        extra: ["--user", "default", "off", "--user", "lavic", "on", ">s3cret-pw", "~lavic:*", "&lavic:*", "+@all", "-@dangerous"].map(String::from).to_vec(),
         ..Default::default()
     });
     let mut cfg = config(&server);
@@ -81,6 +82,9 @@ fn credentials_are_used_and_wrong_ones_refused() {
     let s = RedisStore::open(&cfg, layout(), None).unwrap();
     s.write(vec![item("x", 0)]).unwrap();
     wait_live(&s);
+    assert_eq!(s.stored(&["x"]).unwrap()[0].as_deref(), Some(&item("x", 0)));
+    assert_eq!((s.count().unwrap(), s.delete(&["x"]).unwrap()), (1, 1));
+    assert!(s.health().outage_since.is_none());
     for creds in [RedisCredentials::default(), RedisCredentials::new(Some("lavic".into()), Some("wrong-pw".into()))] {
         cfg.credentials = creds;
         let e = RedisStore::open(&cfg, layout(), None).unwrap_err();
@@ -88,4 +92,42 @@ fn credentials_are_used_and_wrong_ones_refused() {
         let msg = e.to_string();
         assert!(msg.contains(&server.url()) && !msg.contains("pw"), "{msg}");
     }
+}
+
+/// A CA and a server certificate for `localhost`/127.0.0.1, made with the openssl CLI.
+fn test_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (Debian's openssl package)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1").unwrap();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=lavic test CA"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost"]);
+    run(&["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem", "-days", "1", "-extfile", "ext"]);
+}
+
+#[test]
+fn rediss_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    test_certificates(certs.path());
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    let server = RedisServer::start_with(ServerOptions {
+        extra: vec!["--tls-port".into(), tls_port.to_string(), "--tls-cert-file".into(), p("srv.pem"), "--tls-key-file".into(), p("srv.key"), "--tls-auth-clients".into(), "no".into()],
+        ..Default::default()
+    });
+    let mut cfg = config(&server);
+    cfg.url = format!("rediss://localhost:{tls_port}");
+    cfg.ca_file = Some(certs.path().join("ca.pem"));
+    let s = RedisStore::open(&cfg, layout(), None).unwrap();
+    let plain = store(&server);
+    wait_live(&s);
+    s.write(vec![item("x", 0)]).unwrap();
+    assert_eq!(plain.stored(&["x"]).unwrap()[0].as_deref(), Some(&item("x", 0)), "one namespace, whichever port");
+    plain.write(vec![item("x", 1)]).unwrap();
+    assert_eq!(s.stored(&["x"]).unwrap()[0].as_deref(), Some(&item("x", 1)));
+    // Without the private CA the server's certificate is not trusted.
+    cfg.ca_file = None;
+    let e = RedisStore::open(&cfg, layout(), None).unwrap_err();
+    assert!(e.to_string().contains(&cfg.url), "{e}");
 }

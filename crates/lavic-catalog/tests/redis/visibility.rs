@@ -41,6 +41,10 @@ fn a_write_on_one_replica_is_seen_by_the_others_next_lookup() {
     assert_eq!(after.cache_hits, before.cache_hits + 1, "{after:?}");
     assert!(after.invalidations >= 30, "{after:?}");
     assert_eq!((a.count().unwrap(), b.count().unwrap()), (2, 2));
+    // The subscription stays up across keep-alive pings (health checks every 100 ms here): the
+    // cache was synchronised once, never emptied since.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.stats().resyncs, 1, "{:?}", b.stats());
 }
 
 #[test]
