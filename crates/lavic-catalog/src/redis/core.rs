@@ -159,6 +159,24 @@ impl Core {
             .collect()
     }
 
+    /// In eventual mode with a live subscription, the items of `ids` if all are cached (no round
+    /// trip: answered in the caller's thread, without a hop to the store's runtime).
+    pub fn cached_only(&self, ids: &[&str]) -> Option<Vec<Option<Arc<StoredItem>>>> {
+        if self.consistency != Consistency::Eventual {
+            return None;
+        }
+        let now = Instant::now();
+        let found = {
+            let mut c = self.cache();
+            if !c.position().live {
+                return None;
+            }
+            ids.iter().map(|id| c.get(id, now)).collect::<Option<Vec<_>>>()?
+        };
+        self.count_cache(ids.len(), 0);
+        Some(found.into_iter().map(Some).collect())
+    }
+
     /// The stored items of `ids` (`None`: unknown), through the cache. With Redis unreachable,
     /// a lookup whose items are all cached is served from the cache; any other fails naming
     /// the store. A value failing its checks is an error, never served.

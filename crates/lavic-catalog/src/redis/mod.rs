@@ -228,6 +228,9 @@ impl RedisStore {
     /// The stored items of `ids` (`None` for unknown ids): one round trip at most (none in
     /// eventual mode when all are cached). See the module docs for outages and checks.
     pub fn stored(&self, ids: &[&str]) -> Result<Vec<Option<Arc<StoredItem>>>> {
+        if let Some(all) = self.core().cached_only(ids) {
+            return Ok(all);
+        }
         let core = self.core().clone();
         let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
         self.block(async move { core.lookup(&ids.iter().map(String::as_str).collect::<Vec<_>>()).await })
