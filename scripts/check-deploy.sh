@@ -69,20 +69,28 @@ done
 rm -rf "$OUT"
 mkdir -p "$RENDERED"
 
-# A variant generated here (not shipped) proving that an overlay can opt into the
-# ServiceMonitor component through `components:`; the shipped example
-# deploy/k8s/examples/gpu-servicemonitor does the same for gpu.
-VARIANT="$OUT/variants/cpu-servicemonitor"
-mkdir -p "$VARIANT"
-cat > "$VARIANT/kustomization.yaml" <<'EOF'
+# variant NAME OVERLAY COMPONENT: writes a kustomization (generated here, not shipped)
+# of an overlay plus a component under $OUT/variants/NAME and prints its folder.
+variant() {
+  local dir="$OUT/variants/$1"
+  mkdir -p "$dir"
+  cat > "$dir/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 namespace: lavic
 resources:
-  - ../../../../deploy/k8s/overlays/cpu
+  - ../../../../deploy/k8s/overlays/$2
 components:
-  - ../../../../deploy/k8s/components/servicemonitor
+  - ../../../../deploy/k8s/components/$3
 EOF
+  printf '%s' "$dir"
+}
+# Proves that an overlay can opt into the ServiceMonitor component through
+# `components:` (the shipped example deploy/k8s/examples/gpu-servicemonitor does
+# the same for gpu), and the gpu overlay into a managed (external) Redis (the
+# shipped example deploy/k8s/examples/cpu-redis covers the in-cluster one).
+VARIANT="$(variant cpu-servicemonitor cpu servicemonitor)"
+VARIANT_EXT="$(variant gpu-redis-external gpu redis-external)"
 
 # name=kustomization dir
 RENDERS=(
@@ -93,6 +101,8 @@ RENDERS=(
   "storage-loader=deploy/k8s/storage/loader"
   "example-gpu-servicemonitor=deploy/k8s/examples/gpu-servicemonitor"
   "variant-cpu-servicemonitor=${VARIANT#"$ROOT"/}"
+  "example-cpu-redis=deploy/k8s/examples/cpu-redis"
+  "variant-gpu-redis-external=${VARIANT_EXT#"$ROOT"/}"
 )
 for entry in "${RENDERS[@]}"; do
   name="${entry%%=*}"
@@ -188,12 +198,12 @@ def container(pod_spec, name):
     return {}
 
 
-def check_security(render, what, pod_spec):
+def check_security(render, what, pod_spec, uid=65532):
     psc = pod_spec.get("securityContext", {})
     if psc.get("runAsNonRoot") is not True:
         fail(f"{render}: {what}: pod securityContext.runAsNonRoot must be true")
-    if psc.get("runAsUser") != 65532:
-        fail(f"{render}: {what}: pod securityContext.runAsUser must be 65532 (the image's USER)")
+    if psc.get("runAsUser") != uid:
+        fail(f"{render}: {what}: pod securityContext.runAsUser must be {uid} (the image's USER)")
     if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
         fail(f"{render}: {what}: pod seccompProfile must be RuntimeDefault")
     if pod_spec.get("automountServiceAccountToken") is not False:
@@ -271,8 +281,12 @@ def check_server(render, docs, gpu):
     for key in ("LAVIC_MODEL_DIR", "LAVIC_VISION_ADAPTER", "LAVIC_LM_ADAPTER"):
         if not env.get(key, "").startswith("/models/"):
             fail(f"{render}: {key} must live under /models")
-    if not env.get("LAVIC_CATALOG_DIR", "").startswith("/catalog/"):
-        fail(f"{render}: LAVIC_CATALOG_DIR must live under /catalog")
+    url = env.get("LAVIC_CATALOG_URL")
+    if url is None:
+        if not env.get("LAVIC_CATALOG_DIR", "").startswith("/catalog/"):
+            fail(f"{render}: LAVIC_CATALOG_DIR must live under /catalog")
+    else:
+        check_redis_client(render, docs, env, c, pod, url)
     if not any(e["name"] == "LAVIC_CATALOG_TOKEN" and "secretKeyRef" in e.get("valueFrom", {})
                for e in c.get("env", [])):
         fail(f"{render}: LAVIC_CATALOG_TOKEN must come from a Secret")
@@ -326,11 +340,108 @@ def check_server(render, docs, gpu):
             fail(f"{render}: CPU overlay must set LAVIC_DEVICE=cpu")
 
 
+def check_redis_client(render, docs, env, c, pod, url):
+    """Servers switched to Redis: one catalog source, no secret in the ConfigMap, the
+    password file mounted from the Secret Redis uses, the URL naming the lavic-redis Service."""
+    if "LAVIC_CATALOG_DIR" in env:
+        fail(f"{render}: LAVIC_CATALOG_URL and LAVIC_CATALOG_DIR are both set")
+    m = re.match(r"^rediss?://([A-Za-z0-9.-]+)(:[0-9]+)?(/[0-9]+)?$", url)
+    if not m:
+        fail(f"{render}: LAVIC_CATALOG_URL {url!r} must be redis[s]://host[:port][/db], without credentials")
+    if "LAVIC_REDIS_PASSWORD" in env:
+        fail(f"{render}: LAVIC_REDIS_PASSWORD must not be in a ConfigMap (use LAVIC_REDIS_PASSWORD_FILE)")
+    pwf = env.get("LAVIC_REDIS_PASSWORD_FILE", "")
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mount = next((mt for mt in c.get("volumeMounts", []) if pwf.startswith(mt["mountPath"].rstrip("/") + "/")), None)
+    secret = vols.get(mount["name"], {}).get("secret", {}).get("secretName") if mount else None
+    if not secret or mount.get("readOnly") is not True:
+        fail(f"{render}: LAVIC_REDIS_PASSWORD_FILE {pwf!r} must lie in a read-only Secret volume")
+    svc = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "lavic-redis"]
+    if m and m.group(1) in ("lavic-redis", "lavic-redis.lavic.svc.cluster.local") and len(svc) != 1:
+        fail(f"{render}: LAVIC_CATALOG_URL names lavic-redis but there is no such Service")
+    return secret
+
+
+def check_redis(render, docs, external):
+    dep = one(docs, "Deployment", "lavic", render)
+    pod = dep["spec"]["template"]["spec"] if dep else {}
+    env = next(d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lavic-config"))
+    secret = check_redis_client(render, docs, env, container(pod, "lavic"), pod, env.get("LAVIC_CATALOG_URL", ""))
+    svc = one(docs, "Service", "lavic-redis", render)
+    if external:
+        if svc and (svc["spec"].get("type") != "ExternalName" or not svc["spec"].get("externalName")):
+            fail(f"{render}: Service/lavic-redis must be an ExternalName with an externalName")
+        if any(d["kind"] == "StatefulSet" for d in docs):
+            fail(f"{render}: an external Redis needs no StatefulSet")
+        return
+    sts = one(docs, "StatefulSet", "lavic-redis", render)
+    if not sts:
+        return
+    spod = sts["spec"]["template"]["spec"]
+    check_security(render, "StatefulSet/lavic-redis", spod, uid=999)
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    if labels.get("app.kubernetes.io/component") == "server":
+        fail(f"{render}: the Redis pods must not carry the servers' component label")
+    r = container(spod, "redis")
+    if r.get("image", "").endswith(":latest") or ":" not in r.get("image", ""):
+        fail(f"{render}: the Redis image must be pinned to a version")
+    mounts = {mt["mountPath"]: mt for mt in r.get("volumeMounts", [])}
+    claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
+    if mounts.get("/data", {}).get("name") not in claims:
+        fail(f"{render}: Redis /data must be a PVC from volumeClaimTemplates (the AOF lives there)")
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in r.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+    if secret not in refs:
+        fail(f"{render}: Redis and the servers must read the password from the same Secret ({secret} vs {refs})")
+    conf_vol = next((v for v in spod["volumes"] if v["name"] == mounts.get("/etc/redis", {}).get("name")), {})
+    cm_name = conf_vol.get("configMap", {}).get("name", "")
+    cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name]
+    conf = cms[0]["data"].get("redis.conf", "") if cms else ""
+    directives = {}
+    for line in conf.splitlines():
+        parts = line.split()
+        if parts and not parts[0].startswith("#"):
+            directives[parts[0]] = " ".join(parts[1:])
+    for key, want in (("appendonly", {"yes"}), ("appendfsync", {"everysec", "always"}), ("maxmemory-policy", {"noeviction"})):
+        if directives.get(key) not in want:
+            fail(f"{render}: redis.conf {key} must be one of {sorted(want)}, got {directives.get(key)!r}")
+    if r.get("args", [None])[0] != "/etc/redis/redis.conf":
+        fail(f"{render}: redis-server must load /etc/redis/redis.conf")
+
+    def gib(q):
+        units = {"Gi": 1 << 30, "Mi": 1 << 20, "gb": 1 << 30, "mb": 1 << 20}
+        for u, f in units.items():
+            if q.endswith(u):
+                return float(q[: -len(u)]) * f
+        return float(q)
+    limit = r.get("resources", {}).get("limits", {}).get("memory")
+    if not limit or "maxmemory" not in directives or not gib(directives["maxmemory"]) < gib(limit):
+        fail(f"{render}: redis.conf maxmemory ({directives.get('maxmemory')}) must be set below the memory limit ({limit})")
+    plabels = sts["spec"]["template"]["metadata"]["labels"]
+    if svc and any(plabels.get(k) != v for k, v in svc["spec"]["selector"].items()):
+        fail(f"{render}: Service/lavic-redis does not select the Redis pods")
+    if dep and svc and all(dep["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items()):
+        fail(f"{render}: Service/lavic-redis also selects the servers")
+    np = one(docs, "NetworkPolicy", "lavic-redis", render)
+    if np and dep:
+        if any(plabels.get(k) != v for k, v in np["spec"]["podSelector"]["matchLabels"].items()):
+            fail(f"{render}: NetworkPolicy/lavic-redis does not select the Redis pods")
+        slabels = dep["spec"]["template"]["metadata"]["labels"]
+        allowed = [f["podSelector"]["matchLabels"] for i in np["spec"]["ingress"] for f in i.get("from", []) if "podSelector" in f]
+        if not any(all(slabels.get(k) == v for k, v in sel.items()) for sel in allowed):
+            fail(f"{render}: NetworkPolicy/lavic-redis does not let the servers in")
+
+
 check_server("overlay-cpu", renders["overlay-cpu"], gpu=False)
 check_server("overlay-gpu", renders["overlay-gpu"], gpu=True)
 for name in ("overlay-cpu", "overlay-gpu"):
     if any(d["kind"] == "ServiceMonitor" for d in renders[name]):
         fail(f"{name}: the ServiceMonitor component must stay opt-in")
+for name in ("overlay-cpu", "overlay-gpu"):
+    if any(d["metadata"]["name"].startswith("lavic-redis") for d in renders[name]):
+        fail(f"{name}: the Redis components must stay opt-in")
+for name, gpu, external in (("example-cpu-redis", False, False), ("variant-gpu-redis-external", True, True)):
+    check_server(name, renders[name], gpu=gpu)
+    check_redis(name, renders[name], external)
 for name, gpu in (("example-gpu-servicemonitor", True), ("variant-cpu-servicemonitor", False)):
     check_server(name, renders[name], gpu=gpu)
     sm = one(renders[name], "ServiceMonitor", "lavic", name)

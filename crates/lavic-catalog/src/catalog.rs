@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, delta_name, feature_bytes, hex, Manifest, StoreForm, FLAG_IMAGE_MISSING, VIEWS};
 use crate::fsutil::{folder_state, remove_unreferenced, write_atomic, DirLock, FolderState};
 use crate::segment::{EntryView, Segment, SegmentWriter};
+use crate::stored::StoredItem;
 
 /// One catalog item ready for a prompt.
 #[derive(Debug, Clone)]
@@ -268,12 +269,7 @@ impl Catalog {
         if m == 0 {
             return Ok(ids.iter().map(|_| None).collect());
         }
-        let stored = Tensor::from_vec(values, (m, VIEWS, width), &candle_core::Device::Cpu)?.to_device(encoder.device())?;
-        let tokens = match self.form() {
-            StoreForm::Cls => encoder.project(&stored.to_dtype(encoder.dtype())?)?,
-            StoreForm::Projected => stored,
-        }
-        .to_dtype(encoder.dtype())?;
+        let tokens = crate::stored::project_values(values, m, self.form(), width, encoder)?;
         let mut k = 0;
         let mut out = Vec::with_capacity(ids.len());
         for (id, f) in ids.iter().zip(found) {
@@ -296,6 +292,29 @@ impl Catalog {
         self.with_entry(id, |v| {
             let vals: Vec<f16> = v.features.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
             Ok(Tensor::from_vec(vals, (VIEWS, width), &candle_core::Device::Cpu)?)
+        })
+    }
+
+    /// The stored items of `ids` (`None` for unknown ids), checksums verified: what a backend
+    /// keeps per item, without projecting anything.
+    pub fn stored(&self, ids: &[&str]) -> Result<Vec<Option<StoredItem>>> {
+        ids.iter().map(|id| self.with_entry(id, |v| self.entry_item(v))).collect()
+    }
+
+    /// The stored item at `loc` (checksum verified).
+    pub(crate) fn stored_at(&self, loc: &Loc) -> Result<StoredItem> {
+        self.with_loc(loc, |v| self.entry_item(v))
+    }
+
+    fn entry_item(&self, v: EntryView<'_>) -> Result<StoredItem> {
+        let (title, meta) = v.strings(self.inner.base.path())?;
+        Ok(StoredItem {
+            id: v.id.to_string(),
+            title: title.to_string(),
+            metadata: meta.to_string(),
+            image_missing: v.flags & FLAG_IMAGE_MISSING != 0,
+            image_sha256: v.image_sha,
+            features: v.features.to_vec(),
         })
     }
 

@@ -1,5 +1,6 @@
 //! `lavic catalog ...`: the clap subcommands (mounted by the `lavic` binary, and by the
-//! stand-alone `lavic-catalog` binary of this crate) and their runner.
+//! stand-alone `lavic-catalog` binary of this crate) and their runner; `push` loads a folder into
+//! a Redis catalog store.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,9 @@ pub enum CatalogCommand {
     Merge(MergeArgs),
     /// Fold live upserts and deletes (the delta log) into a new base segment.
     Compact(CompactArgs),
+    /// Load a catalog folder (a build, or a sharded build's merge) into a Redis catalog store,
+    /// incrementally: items identical in Redis (image, title, metadata) are skipped.
+    Push(PushArgs),
 }
 
 /// `catalog build`.
@@ -145,6 +149,74 @@ pub struct CompactArgs {
     pub dir: PathBuf,
 }
 
+/// `catalog push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Catalog folder.
+    pub dir: PathBuf,
+    /// `redis://host[:port][/db]` or `rediss://...` (TLS). No password here: it comes from
+    /// LAVIC_REDIS_PASSWORD or LAVIC_REDIS_PASSWORD_FILE (user: LAVIC_REDIS_USERNAME).
+    pub url: String,
+    /// Items per write batch (each batch lands whole or not at all).
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Also delete the items of the Redis namespace that the catalog does not have.
+    #[arg(long)]
+    pub prune: bool,
+    /// Key prefix (must match the servers' `redis_key_prefix`).
+    #[arg(long, env = "LAVIC_REDIS_KEY_PREFIX", default_value = "lavic")]
+    pub key_prefix: String,
+    /// PEM file of a private CA for rediss://.
+    #[arg(long, env = "LAVIC_REDIS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Redis replicas that must acknowledge each batch (`WAIT`).
+    #[arg(long, default_value_t = 0)]
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_timeout_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run_push(a: PushArgs) -> anyhow::Result<()> {
+    let mut cfg = crate::RedisConfig::new(&a.url);
+    cfg.credentials = crate::RedisCredentials::from_env()?;
+    cfg.key_prefix = a.key_prefix;
+    cfg.ca_file = a.ca_file;
+    cfg.wait_replicas = a.wait_replicas;
+    cfg.wait_timeout = std::time::Duration::from_millis(a.wait_timeout_ms);
+    cfg.timeout = std::time::Duration::from_secs(10);
+    let opts = crate::redis::PushOptions { batch_size: a.batch_size, prune: a.prune };
+    let r = crate::redis::push(&a.dir, &cfg, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "pushed {} to {} ({}): {} items, {} added, {} updated, {} unchanged, {} removed, {} failed in {:.1} s; the namespace holds {}",
+            a.dir.display(),
+            r.store,
+            r.namespace,
+            r.items,
+            r.added,
+            r.updated,
+            r.unchanged,
+            r.removed,
+            r.failed.len(),
+            r.seconds,
+            r.namespace_items
+        );
+        for (id, reason) in &r.failed {
+            println!("  {id}: {reason}");
+        }
+    }
+    if !r.failed.is_empty() {
+        bail!("{} catalog entries failed their checks and were not pushed", r.failed.len());
+    }
+    Ok(())
+}
+
 fn parse_shard(s: &str) -> Result<Shard, String> {
     s.parse().map_err(|e: crate::Error| e.to_string())
 }
@@ -194,6 +266,7 @@ pub fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
             println!("merged {} catalogs into {}: {} items, generation {}", r.sources, a.out.display(), r.items, r.generation);
             Ok(())
         }
+        CatalogCommand::Push(a) => run_push(a),
         CatalogCommand::Compact(a) => {
             let r = compact(&a.dir)?;
             println!("compacted {}: {} items, generation {}", a.dir.display(), r.items, r.generation);
@@ -281,5 +354,8 @@ mod tests {
         let CatalogCommand::Merge(m) = t.cmd else { panic!() };
         assert_eq!(m.shards.len(), 2);
         assert!(T::try_parse_from(["x", "merge", "--out", "o"]).is_err());
+        let t = T::try_parse_from(["x", "push", "cat", "redis://h:6379", "--prune", "--batch-size", "64"]).unwrap();
+        let CatalogCommand::Push(p) = t.cmd else { panic!() };
+        assert_eq!((p.url.as_str(), p.prune, p.batch_size, p.key_prefix.as_str()), ("redis://h:6379", true, 64, "lavic"));
     }
 }

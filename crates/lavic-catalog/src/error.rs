@@ -72,6 +72,36 @@ pub enum Error {
     /// The catalog changed on disk since this process opened it (another build or merge).
     #[error("catalog {0} was changed on disk by another process since it was opened; reopen it before writing")]
     Stale(PathBuf),
+    /// The catalog store (Redis) cannot serve now: unreachable, connection lost, timed out,
+    /// loading, a read-only replica, out of memory, or fewer replicas acknowledged a write than
+    /// `WAIT` asked for. Retrying later may work; nothing was served from unverified data.
+    #[error("catalog store {store} is unavailable: {reason}")]
+    StoreUnavailable {
+        /// The store (URL without credentials).
+        store: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The catalog store refused the request for a reason retrying does not fix: credentials,
+    /// permissions, an unsupported server, a namespace laid out for other features.
+    #[error("catalog store {store} refused the request: {reason}")]
+    StoreRejected {
+        /// The store (URL without credentials).
+        store: String,
+        /// What it said.
+        reason: String,
+    },
+    /// A value read from the catalog store failed its checks (checksum, layout, id or
+    /// fingerprint): it is never served.
+    #[error("catalog store {store}: key {key} is corrupt: {detail}")]
+    StoreCorrupt {
+        /// The store (URL without credentials).
+        store: String,
+        /// The key.
+        key: String,
+        /// What failed, naming the item id.
+        detail: String,
+    },
     /// A caller passed an argument that does not make sense.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -109,6 +139,8 @@ mod tests {
     fn messages_name_what_is_wrong() {
         let e = Error::input("items.jsonl", Some(7), "expected an object");
         assert_eq!(e.to_string(), "items.jsonl line 7: expected an object");
+        let e = Error::StoreUnavailable { store: "redis://10.0.0.5:6379/0".into(), reason: "connection refused".into() };
+        assert_eq!(e.to_string(), "catalog store redis://10.0.0.5:6379/0 is unavailable: connection refused");
         let e = Error::FingerprintMismatch { catalog: "aaa".into(), encoder: "bbb".into() };
         let s = e.to_string();
         assert!(s.contains("aaa") && s.contains("bbb") && s.contains("rebuild"), "{s}");

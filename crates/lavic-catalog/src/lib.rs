@@ -8,6 +8,11 @@
 //! `update`) -> `build` ([`build()`], [`merge`], [`compact`]) and [`verify()`]/[`info`] -> [`cli`].
 //! The file format is described in `FORMAT.md`.
 //!
+//! A fleet shares one catalog through [`redis`]: a [`RedisStore`] namespace per encoder
+//! fingerprint, one key per item with the same f16 features, and a per-replica cache kept right
+//! by invalidations. [`CatalogBackend`] is the one interface a server uses for either store;
+//! upserts are planned and encoded the same way for both (`plan`).
+//!
 //! Concurrency: reads ([`Catalog::tokens`], [`Catalog::get`]) take no catalog-wide lock (the base
 //! is immutable and mapped; the overlay is a sharded `DashMap`). Writers ([`Catalog::upsert`],
 //! [`Catalog::delete`]) are serialised by a mutex inside the catalog and, across processes, by
@@ -15,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+mod backend;
 mod build;
 mod catalog;
 pub mod cli;
@@ -24,17 +30,23 @@ mod error;
 pub mod format;
 mod fsutil;
 mod ingest;
+mod plan;
+pub mod redis;
 mod segment;
+mod stored;
 mod synthetic;
 mod update;
 mod verify;
 
+pub use backend::CatalogBackend;
 pub use build::{build, compact, merge, BuildOptions, BuildReport, MergeReport};
 pub use catalog::{Catalog, CatalogItem, ItemInfo};
 pub use encode::ProgressMode;
 pub use error::{Error, Result};
 pub use format::{feature_bytes, StoreForm};
 pub use ingest::{read_items, InputFormat, InputItem, Shard};
+pub use redis::{Consistency, RedisConfig, RedisCredentials, RedisStore};
+pub use stored::StoredItem;
 pub use synthetic::{synthetic_id, write_synthetic};
 pub use update::{NewItem, UpsertReport};
 pub use verify::{info, verify, CatalogInfo, VerifyReport};

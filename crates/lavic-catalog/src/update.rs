@@ -3,7 +3,7 @@
 //! overlay. Writers are serialised by the catalog's writer mutex (in-process) and the folder's
 //! `.lock` (across processes); readers are never blocked.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use lavic_model::ImageEncoder;
 
 use crate::catalog::Catalog;
 use crate::delta::{encode_delete, encode_upsert, Op};
-use crate::encode::{cpu_threads, encode_views, parallel_map, prepare_bytes, white_views, Prepared, MISSING_SHA};
 use crate::error::{Error, Result};
 use crate::format::{self, now_unix, Manifest, FLAG_IMAGE_MISSING, MAX_ID_BYTES};
+use crate::plan::{plan_upsert, Current, PlanInput};
 use crate::fsutil::{write_atomic, DirLock};
 
 /// One item to add or replace.
@@ -58,120 +58,23 @@ pub(crate) fn check_id(id: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The version of an item currently stored, as far as change detection needs it.
-struct Current {
-    sha: [u8; 32],
-    flags: u32,
-    title: String,
-    meta: String,
-    features: Vec<u8>,
-}
-
-enum Plan {
-    Features(Vec<u8>),
-    /// Index into the batch of images to encode.
-    Encode(usize),
-}
-
 impl Catalog {
     /// Adds or replaces items. Only new or changed images (by sha256 of their bytes) go through
     /// the vision tower; per-item problems are reported, not raised. Durable when it returns, and
     /// visible to the next read.
     pub fn upsert(&self, items: &[NewItem], encoder: &ImageEncoder) -> Result<UpsertReport> {
         self.check_encoder(encoder)?;
-        let mut report = UpsertReport::default();
         let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let _lock = self.lock_for_write(&writer)?;
-
-        // 1. Decide per item: unchanged, reuse, encode, or failed.
-        let mut seen = HashSet::new();
-        let mut accepted: Vec<(&NewItem, [u8; 32], String)> = Vec::new();
-        for it in items {
-            if let Err(reason) = check_id(&it.id) {
-                report.failed.push((it.id.clone(), reason));
-            } else if !seen.insert(it.id.as_str()) {
-                report.failed.push((it.id.clone(), "the same id twice in one upsert".into()));
-            } else {
-                let sha = it.image.as_deref().map(crate::encode::sha256).unwrap_or(MISSING_SHA);
-                let meta = serde_json::to_string(&it.metadata).expect("JSON values serialise");
-                accepted.push((it, sha, meta));
-            }
-        }
-        let currents: Vec<Option<Current>> = accepted.iter().map(|(it, _, _)| self.current(&it.id)).collect();
-        let needs_decode: Vec<usize> = (0..accepted.len())
-            .filter(|&k| accepted[k].0.image.is_some() && currents[k].as_ref().is_none_or(|c| c.sha != accepted[k].1))
-            .collect();
-        let prepared = parallel_map(&needs_decode, cpu_threads(), |&k| {
-            prepare_bytes(encoder, accepted[k].0.image.as_deref().unwrap_or_default(), &|_| false)
-        });
-        let mut prepared: HashMap<usize, Prepared> = needs_decode.into_iter().zip(prepared).collect();
-
-        let mut batch: Vec<Vec<f32>> = Vec::new();
-        let mut batch_by_sha: HashMap<[u8; 32], usize> = HashMap::new();
-        let mut plans: Vec<(usize, Plan)> = Vec::new();
-        for (k, ((it, sha, meta), current)) in accepted.iter().zip(&currents).enumerate() {
-            let flags = if it.image.is_none() { FLAG_IMAGE_MISSING } else { 0 };
-            if it.image.is_none() {
-                report.missing_images.push(it.id.clone());
-            }
-            if let Some(c) = current.as_ref().filter(|c| c.sha == *sha && c.flags == flags) {
-                if c.title == it.title && c.meta == *meta {
-                    report.unchanged += 1;
-                } else {
-                    report.reused += 1;
-                    plans.push((k, Plan::Features(c.features.clone())));
-                }
-                continue;
-            }
-            if it.image.is_none() {
-                plans.push((k, Plan::Features(self.white_features(encoder, &mut report)?)));
-                continue;
-            }
-            match prepared.remove(&k) {
-                Some(Prepared::Views { sha, views }) => match batch_by_sha.get(&sha) {
-                    Some(&b) => {
-                        report.reused += 1;
-                        plans.push((k, Plan::Encode(b)));
-                    }
-                    None => {
-                        batch_by_sha.insert(sha, batch.len());
-                        plans.push((k, Plan::Encode(batch.len())));
-                        batch.push(views);
-                        report.encoded += 1;
-                    }
-                },
-                Some(Prepared::Failed(reason)) => report.failed.push((it.id.clone(), reason)),
-                Some(Prepared::Known { .. }) | Some(Prepared::Missing) | None => {
-                    report.failed.push((it.id.clone(), "internal: image was not prepared".into()))
-                }
-            }
-        }
-
-        // 2. One vision pass per batch of 16 images.
-        let mut encoded: Vec<std::result::Result<Vec<u8>, String>> = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(16) {
-            encoded.extend(encode_views(encoder, chunk, self.form())?);
-        }
-
-        // 3. Append the records, commit, publish.
+        let input = PlanInput { form: self.form(), white: &self.inner.white, current: &|id| self.current(id) };
+        let (ready, report) = plan_upsert(items, encoder, &input)?;
         let mut buf = Vec::new();
         let mut ops = Vec::new();
-        for (k, plan) in plans {
-            let (it, sha, meta) = &accepted[k];
-            let features = match plan {
-                Plan::Features(f) => f,
-                Plan::Encode(b) => match &encoded[b] {
-                    Ok(f) => f.clone(),
-                    Err(reason) => {
-                        report.failed.push((it.id.clone(), reason.clone()));
-                        continue;
-                    }
-                },
-            };
-            let flags = if it.image.is_none() { FLAG_IMAGE_MISSING } else { 0 };
-            let (rec, item) = encode_upsert(&it.id, &it.title, meta, flags, *sha, &features)?;
+        for it in ready {
+            let flags = if it.image_missing { FLAG_IMAGE_MISSING } else { 0 };
+            let (rec, item) = encode_upsert(&it.id, &it.title, &it.metadata, flags, it.image_sha256, &it.features)?;
             buf.extend_from_slice(&rec);
-            ops.push((it.id.clone(), Op::Upsert(Arc::new(item))));
+            ops.push((it.id, Op::Upsert(Arc::new(item))));
         }
         self.commit_ops(&mut writer, &buf, ops)?;
         Ok(report)
@@ -210,21 +113,6 @@ impl Catalog {
             tracing::warn!(id, error = %e, "stored item is unreadable; it will be replaced");
             None
         })
-    }
-
-    /// Stored features of the white image (encoded once per open catalog). Counts the item as
-    /// `encoded` when this ran the vision tower, else as `reused`.
-    fn white_features(&self, encoder: &ImageEncoder, report: &mut UpsertReport) -> Result<Vec<u8>> {
-        if let Some(w) = self.inner.white.get() {
-            report.reused += 1;
-            return Ok(w.clone());
-        }
-        let f = encode_views(encoder, &[white_views(encoder)], self.form())?
-            .pop()
-            .expect("one image in, one out")
-            .map_err(|e| Error::InvalidArgument(format!("white image: {e}")))?;
-        report.encoded += 1;
-        Ok(self.inner.white.get_or_init(|| f).clone())
     }
 
     /// Takes the folder's writer lock and refuses to write when another process replaced or
