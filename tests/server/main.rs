@@ -10,6 +10,7 @@ mod catalog_fingerprint;
 mod catalog_service;
 mod deadline;
 mod eval_metrics;
+mod fleet;
 mod health;
 mod invalid_argument;
 mod overload;

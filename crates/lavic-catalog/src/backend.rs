@@ -103,6 +103,12 @@ impl CatalogBackend {
         }
     }
 
+    /// Whether the catalog is shared by a fleet (Redis): writes through any replica are seen by
+    /// all, and the store can be unreachable.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, CatalogBackend::Redis(_))
+    }
+
     /// How long the store has been unreachable (`None`: reachable; always `None` for a folder).
     pub fn outage_for(&self) -> Option<Duration> {
         match self {

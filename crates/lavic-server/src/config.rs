@@ -43,7 +43,35 @@ pub const KNOWN_ENV: &[&str] = &[
     "LAVIC_CATALOG_TOKEN",
     "LAVIC_TLS_CERT",
     "LAVIC_TLS_KEY",
+    "LAVIC_CATALOG_URL",
+    "LAVIC_REDIS_KEY_PREFIX",
+    "LAVIC_REDIS_CONSISTENCY",
+    "LAVIC_REDIS_CACHE_BYTES",
+    "LAVIC_REDIS_CACHE_TTL_SECS",
+    "LAVIC_REDIS_TIMEOUT_MS",
+    "LAVIC_REDIS_WAIT_REPLICAS",
+    "LAVIC_REDIS_WAIT_TIMEOUT_MS",
+    "LAVIC_REDIS_CA_FILE",
+    "LAVIC_CATALOG_OUTAGE_SECS",
+    "LAVIC_ALLOW_MEMORY_ONLY_WRITES",
+    // Read by the Redis store itself (credentials never come from a flag or the TOML file).
+    lavic_catalog::redis::ENV_USERNAME,
+    lavic_catalog::redis::ENV_PASSWORD,
+    lavic_catalog::redis::ENV_PASSWORD_FILE,
 ];
+
+/// Freshness of a replica's cached catalog items when the catalog is in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisConsistency {
+    /// Every lookup makes one round trip (only the write epoch when all items are cached): an
+    /// acknowledged write on any replica is seen by every replica's next request.
+    #[default]
+    Strict,
+    /// A lookup whose items are all cached makes no round trip; writes elsewhere are seen once
+    /// their invalidation message arrived (about one network round trip later).
+    Eventual,
+}
 
 /// What to do with a dialogue whose prompt exceeds `max_prompt_tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
@@ -184,6 +212,34 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Run a warm-up request before reporting SERVING.
     pub warmup: bool,
+    // --- The fleet-wide catalog in Redis (instead of `catalog_dir`). ---
+    /// `redis://host[:port][/db]` or `rediss://...` (TLS): the catalog lives in Redis, shared by
+    /// every replica. Credentials only from LAVIC_REDIS_USERNAME and LAVIC_REDIS_PASSWORD or
+    /// LAVIC_REDIS_PASSWORD_FILE, never in the URL.
+    pub catalog_url: Option<String>,
+    /// First part of every Redis key (to share one Redis between deployments).
+    pub redis_key_prefix: String,
+    /// `strict` or `eventual` freshness of cached items.
+    pub redis_consistency: RedisConsistency,
+    /// Per-replica item cache in front of Redis, in bytes (0: none).
+    pub redis_cache_bytes: usize,
+    /// Longest life of a cached item (a safety net; invalidations keep the cache right).
+    pub redis_cache_ttl_secs: u64,
+    /// Limit of one Redis round trip, in milliseconds.
+    pub redis_timeout_ms: u64,
+    /// Redis replicas that must acknowledge each catalog write (`WAIT`) before it is acknowledged.
+    pub redis_wait_replicas: u32,
+    /// How long that `WAIT` may take, in milliseconds.
+    pub redis_wait_timeout_ms: u64,
+    /// CA certificate (PEM) of a `rediss://` server with a private CA.
+    pub redis_ca_file: Option<PathBuf>,
+    /// Readiness turns NOT_SERVING once the catalog store has been unreachable this long
+    /// (requests over cached items are still answered meanwhile).
+    pub catalog_outage_secs: u64,
+    /// Let UpsertItems/DeleteItems apply in memory only on a catalog folder the process cannot
+    /// write (lost on restart, seen by this replica only; the response says so). Off: such writes
+    /// are refused with FAILED_PRECONDITION.
+    pub allow_memory_only_writes: bool,
 }
 
 impl Default for Config {
@@ -217,6 +273,17 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             warmup: true,
+            catalog_url: None,
+            redis_key_prefix: "lavic".into(),
+            redis_consistency: RedisConsistency::Strict,
+            redis_cache_bytes: 256 << 20,
+            redis_cache_ttl_secs: 600,
+            redis_timeout_ms: 2000,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
+            redis_ca_file: None,
+            catalog_outage_secs: 10,
+            allow_memory_only_writes: false,
         }
     }
 }
@@ -312,6 +379,39 @@ pub struct ServeArgs {
     /// Skip the warm-up request.
     #[arg(long)]
     pub no_warmup: bool,
+    /// Catalog in Redis: redis://host[:port][/db] or rediss://... (instead of --catalog-dir).
+    #[arg(long, env = "LAVIC_CATALOG_URL")]
+    pub catalog_url: Option<String>,
+    /// First part of every Redis key [default: lavic].
+    #[arg(long, env = "LAVIC_REDIS_KEY_PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// Freshness of cached items: strict or eventual [default: strict].
+    #[arg(long, env = "LAVIC_REDIS_CONSISTENCY", value_enum)]
+    pub redis_consistency: Option<RedisConsistency>,
+    /// Per-replica item cache in bytes [default: 268435456].
+    #[arg(long, env = "LAVIC_REDIS_CACHE_BYTES")]
+    pub redis_cache_bytes: Option<usize>,
+    /// Longest life of a cached item in seconds [default: 600].
+    #[arg(long, env = "LAVIC_REDIS_CACHE_TTL_SECS")]
+    pub redis_cache_ttl_secs: Option<u64>,
+    /// Limit of one Redis round trip in ms [default: 2000].
+    #[arg(long, env = "LAVIC_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Redis replicas that must acknowledge each write [default: 0].
+    #[arg(long, env = "LAVIC_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+    /// How long WAIT may take in ms [default: 1000].
+    #[arg(long, env = "LAVIC_REDIS_WAIT_TIMEOUT_MS")]
+    pub redis_wait_timeout_ms: Option<u64>,
+    /// CA certificate (PEM) for rediss:// with a private CA.
+    #[arg(long, env = "LAVIC_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// NOT_SERVING after the catalog store is unreachable this long [default: 10].
+    #[arg(long, env = "LAVIC_CATALOG_OUTAGE_SECS")]
+    pub catalog_outage_secs: Option<u64>,
+    /// Accept catalog writes that cannot be made durable (read-only catalog folder).
+    #[arg(long, env = "LAVIC_ALLOW_MEMORY_ONLY_WRITES")]
+    pub allow_memory_only_writes: bool,
     /// Print the resolved configuration (TOML, token redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -330,10 +430,16 @@ impl Config {
         set!(grpc_addr, metrics_addr, device, dtype, max_candidates, max_prompt_tokens, overlong_policy);
         set!(unknown_ids, max_context_bytes, max_image_bytes, max_message_bytes, queue_capacity, max_batch);
         set!(workers, batch_window_ms, request_timeout_secs, shutdown_grace_secs, log_format, log);
+        set!(redis_key_prefix, redis_consistency, redis_cache_bytes, redis_cache_ttl_secs, redis_timeout_ms);
+        set!(redis_wait_replicas, redis_wait_timeout_ms, catalog_outage_secs);
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = Some(v.clone()); } )* };
         }
         set_opt!(model_dir, tokenizer, vision_adapter, lm_adapter, catalog_dir, tls_cert, tls_key);
+        set_opt!(catalog_url, redis_ca_file);
+        if args.allow_memory_only_writes {
+            c.allow_memory_only_writes = true;
+        }
         if let Some(t) = &args.catalog_token {
             c.catalog_token = (!t.is_empty()).then(|| Secret(t.clone()));
         }
@@ -384,6 +490,15 @@ impl Config {
         if self.catalog_dir.is_some() && self.model_dir.is_none() {
             return bad("catalog_dir is set but model_dir is not: the embedded demo model cannot read another catalog".into());
         }
+        if self.catalog_dir.is_some() && self.catalog_url.is_some() {
+            return bad("catalog_dir and catalog_url are both set: the catalog is either a folder or a Redis store".into());
+        }
+        if self.catalog_url.is_some() {
+            if self.catalog_outage_secs == 0 {
+                return bad("catalog_outage_secs must be positive".into());
+            }
+            self.redis_settings(lavic_catalog::RedisCredentials::default())?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return bad(format!("log filter {:?} is invalid", self.log));
         }
@@ -397,6 +512,40 @@ impl Config {
             c.catalog_token = Some(Secret("***".into()));
         }
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+
+    /// The Redis store's settings (`None` unless `catalog_url` is set), with the credentials
+    /// read from the environment.
+    pub fn redis_config(&self) -> Result<Option<lavic_catalog::RedisConfig>> {
+        if self.catalog_url.is_none() {
+            return Ok(None);
+        }
+        let creds = lavic_catalog::RedisCredentials::from_env().map_err(|e| Error::Config(e.to_string()))?;
+        self.redis_settings(creds).map(Some)
+    }
+
+    /// Builds and checks the Redis settings with `credentials` (an error names the setting).
+    fn redis_settings(&self, credentials: lavic_catalog::RedisCredentials) -> Result<lavic_catalog::RedisConfig> {
+        use std::time::Duration;
+        let url = self.catalog_url.clone().unwrap_or_default();
+        let mut r = lavic_catalog::RedisConfig::new(url);
+        r.credentials = credentials;
+        r.ca_file = self.redis_ca_file.clone();
+        r.key_prefix = self.redis_key_prefix.clone();
+        r.consistency = match self.redis_consistency {
+            RedisConsistency::Strict => lavic_catalog::Consistency::Strict,
+            RedisConsistency::Eventual => lavic_catalog::Consistency::Eventual,
+        };
+        r.cache_bytes = self.redis_cache_bytes;
+        r.cache_ttl = Duration::from_secs(self.redis_cache_ttl_secs);
+        r.timeout = Duration::from_millis(self.redis_timeout_ms);
+        r.wait_replicas = self.redis_wait_replicas;
+        r.wait_timeout = Duration::from_millis(self.redis_wait_timeout_ms);
+        if self.redis_cache_ttl_secs == 0 {
+            return Err(Error::Config("redis_cache_ttl_secs must be positive".into()));
+        }
+        r.validate().map_err(|e| Error::Config(e.to_string()))?;
+        Ok(r)
     }
 
     /// Whether the embedded demo (fixture model + demo catalog) is used.
@@ -451,6 +600,23 @@ mod tests {
         let vars = [("LAVIC_MAX_BATCH", "1"), ("LAVIC_MAXBATCH", "1"), ("PATH", "/bin")];
         let unknown = unknown_env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         assert_eq!(unknown, vec!["LAVIC_MAXBATCH".to_string()]);
+    }
+
+    #[test]
+    fn a_redis_catalog_is_checked_at_start() {
+        let ok = ServeArgs { catalog_url: Some("redis://127.0.0.1:6379/2".into()), redis_wait_replicas: Some(1), ..Default::default() };
+        let c = Config::resolve(&ok).unwrap();
+        let r = c.redis_settings(lavic_catalog::RedisCredentials::default()).unwrap();
+        assert_eq!((r.url.as_str(), r.wait_replicas, r.key_prefix.as_str()), ("redis://127.0.0.1:6379/2", 1, "lavic"));
+        let both = ServeArgs { catalog_dir: Some("/c".into()), model_dir: Some("/m".into()), ..ok.clone() };
+        let err = Config::resolve(&both).unwrap_err().to_string();
+        assert!(err.contains("catalog_dir") && err.contains("catalog_url"), "{err}");
+        let err = Config::resolve(&ServeArgs { catalog_url: Some("redis://u:hunter2@h:1".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("catalog_url") && !err.contains("hunter2"), "{err}");
+        let err = Config::resolve(&ServeArgs { catalog_url: Some("http://h:1".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("catalog_url"), "{err}");
+        let err = Config::resolve(&ServeArgs { catalog_outage_secs: Some(0), ..ok }).unwrap_err().to_string();
+        assert!(err.contains("catalog_outage_secs"), "{err}");
     }
 
     #[test]

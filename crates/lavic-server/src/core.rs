@@ -133,7 +133,7 @@ impl Core {
     }
 
     /// Whether calls are accepted: ready and not draining.
-    fn accepting(&self) -> bool {
+    pub fn accepting(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
 
@@ -224,13 +224,13 @@ impl Core {
     /// Runs one recommendation: admission, image decoding (blocking pool), the queue, a worker.
     pub async fn recommend(&self, call: &Call, request: Validated) -> Result<Outcome> {
         let engine = self.engine()?.clone();
-        // Unknown ids are refused before taking a queue slot (the worker checks again, since the
-        // catalog may change in between).
+        // Unknown ids are refused before taking a queue slot when the catalog knows that without a
+        // round trip (a folder; the worker checks again, since the catalog may change in between).
         if request.unknown_ids == crate::config::UnknownIds::Reject {
             let unknown: Vec<String> = request
                 .candidates
                 .iter()
-                .filter(|c| matches!(c.source, Source::Catalog) && !engine.store.contains(&c.id))
+                .filter(|c| matches!(c.source, Source::Catalog) && engine.store.contains(&c.id) == Some(false))
                 .map(|c| c.id.clone())
                 .collect();
             if !unknown.is_empty() {

@@ -134,11 +134,12 @@ impl Engine {
         let model = LavicModel::load(&opts)?;
         tracing::info!(model = %opts.model_dir.display(), secs = t.elapsed().as_secs_f32(), "model loaded");
         let items_gauge = metrics.catalog_items.clone();
-        let store = match &config.catalog_dir {
-            Some(dir) => Store::open(dir, &model.encoder, items_gauge)?,
-            None => Store::demo(&model.encoder, items_gauge)?,
+        let store = match (&config.catalog_dir, config.redis_config()?) {
+            (Some(dir), _) => Store::open(dir, &model.encoder, items_gauge, config.allow_memory_only_writes)?,
+            (None, Some(redis)) => Store::open_redis(&redis, &model.encoder, items_gauge, metrics.store.clone())?,
+            (None, None) => Store::demo(&model.encoder, items_gauge)?,
         };
-        tracing::info!(catalog = %store.dir().display(), items = store.len(), "catalog opened");
+        tracing::info!(catalog = %store.describe(), items = store.len(), shared = store.backend().is_shared(), "catalog opened");
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         let info = proto::ModelInfoResponse {
             model_dir: opts.model_dir.display().to_string(),
@@ -148,7 +149,7 @@ impl Engine {
             dtype: config.dtype.as_str().into(),
             device: config.device.clone(),
             encoder_fingerprint: model.encoder.fingerprint().to_string(),
-            catalog_dir: store.dir().display().to_string(),
+            catalog_dir: store.describe(),
             catalog_fingerprint: store.fingerprint(),
             catalog_items: 0,
             max_candidates: config.max_candidates as u32,

@@ -59,9 +59,14 @@ pub enum Error {
     /// The model failed on a request (not the caller's fault), or while loading.
     #[error("model: {0}")]
     Model(#[from] lavic_model::Error),
-    /// The catalog failed.
+    /// The catalog failed (a store that is unreachable is UNAVAILABLE, one that refuses us
+    /// FAILED_PRECONDITION, a value that fails its checks DATA_LOSS; the rest is ours).
     #[error("catalog: {0}")]
     Catalog(lavic_catalog::Error),
+    /// A Catalog write that could not be made durable (e.g. a read-only catalog folder) and that
+    /// the server therefore refuses to acknowledge.
+    #[error("catalog write refused: {0}")]
+    NotDurable(String),
     /// A configuration value is invalid (the setting is named).
     #[error("configuration: {0}")]
     Config(String),
@@ -103,14 +108,29 @@ impl Error {
             Error::Cancelled => Code::Cancelled,
             Error::Unauthenticated => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Catalog(e) => catalog_code(e),
+            Error::NotDurable(_) => Code::FailedPrecondition,
             // Never a client's doing (start-up only, or our failure).
-            Error::Model(_) | Error::Catalog(_) | Error::Config(_) | Error::Startup(_) | Error::Internal(_) => Code::Internal,
+            Error::Model(_) | Error::Config(_) | Error::Startup(_) | Error::Internal(_) => Code::Internal,
         }
     }
 
     /// Metric label of the outcome: the status code's name (`invalid_argument`, `not_found`...).
     pub fn kind(&self) -> &'static str {
         code_label(self.code())
+    }
+}
+
+/// The status of a catalog failure: whether retrying can help (UNAVAILABLE), what would have to
+/// change first (FAILED_PRECONDITION), lost data (DATA_LOSS), or our failure (INTERNAL).
+fn catalog_code(e: &lavic_catalog::Error) -> tonic::Code {
+    use lavic_catalog::Error as C;
+    use tonic::Code;
+    match e {
+        C::StoreUnavailable { .. } => Code::Unavailable,
+        C::StoreRejected { .. } => Code::FailedPrecondition,
+        C::StoreCorrupt { .. } | C::Corrupt { .. } => Code::DataLoss,
+        _ => Code::Internal,
     }
 }
 
@@ -182,6 +202,12 @@ mod tests {
             (Error::PermissionDenied("disabled".into()), Code::PermissionDenied, "permission_denied", "disabled"),
             (Error::Model(lavic_model::Error::Input("bad shape".into())), Code::Internal, "internal", "model: invalid input: bad shape"),
             (Error::Catalog(lavic_catalog::Error::Busy("/cat".into())), Code::Internal, "internal", "catalog: catalog /cat is locked"),
+            (
+                Error::NotDurable("the catalog folder /c is not writable".into()),
+                Code::FailedPrecondition,
+                "failed_precondition",
+                "catalog write refused: the catalog folder /c is not writable",
+            ),
             (Error::Config("max_batch".into()), Code::Internal, "internal", "configuration: max_batch"),
             (Error::Startup("no model".into()), Code::Internal, "internal", "startup: no model"),
             (Error::Internal("worker gone".into()), Code::Internal, "internal", "internal: worker gone"),
@@ -203,9 +229,10 @@ mod tests {
             Error::PermissionDenied(_) => 9,
             Error::Model(_) => 10,
             Error::Catalog(_) => 11,
-            Error::Config(_) => 12,
-            Error::Startup(_) => 13,
-            Error::Internal(_) => 14,
+            Error::NotDurable(_) => 12,
+            Error::Config(_) => 13,
+            Error::Startup(_) => 14,
+            Error::Internal(_) => 15,
         }
     }
 
@@ -220,6 +247,26 @@ mod tests {
             assert_eq!(status.code(), code, "{}", status.message());
             assert_eq!(code_label(status.code()), label);
             assert!(status.message().starts_with(text) || status.message().contains(text), "{:?} lacks {text:?}", status.message());
+        }
+    }
+
+    #[test]
+    fn catalog_store_errors_say_whether_retrying_helps() {
+        let store = "redis://10.0.0.5:6379/0".to_string();
+        let cases = [
+            (lavic_catalog::Error::StoreUnavailable { store: store.clone(), reason: "connection refused".into() }, Code::Unavailable, "unavailable"),
+            (lavic_catalog::Error::StoreRejected { store: store.clone(), reason: "WRONGPASS".into() }, Code::FailedPrecondition, "failed_precondition"),
+            (
+                lavic_catalog::Error::StoreCorrupt { store: store.clone(), key: "k".into(), detail: "checksum".into() },
+                Code::DataLoss,
+                "data_loss",
+            ),
+        ];
+        for (e, code, label) in cases {
+            let e = Error::Catalog(e);
+            assert_eq!((e.code(), e.kind()), (code, label), "{e}");
+            let status = tonic::Status::from(e);
+            assert!(status.message().contains(&store), "the message names the store: {}", status.message());
         }
     }
 

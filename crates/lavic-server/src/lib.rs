@@ -14,7 +14,8 @@
 //!   and their batch forming;
 //! - [`core`] + [`service`]: thin handlers over the shared core and its one call wrapper;
 //! - [`server`]: the tower stack, health, reflection, start-up, warm-up and drain;
-//! - [`metrics`]: Prometheus on a separate port; [`client`]: the CLI's gRPC client commands.
+//! - [`readiness`]: health follows the catalog store (NOT_SERVING after a long outage);
+//! - [`metrics`] + [`store_metrics`]: Prometheus on a separate port; [`client`]: the CLI's gRPC client commands.
 
 pub mod client;
 pub mod config;
@@ -24,9 +25,11 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod queue;
+pub mod readiness;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod store_metrics;
 pub mod validation;
 pub mod worker;
 

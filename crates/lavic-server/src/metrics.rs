@@ -80,6 +80,8 @@ pub struct Metrics {
     pub ready: Gauge,
     /// Items in the catalog.
     pub catalog_items: Gauge,
+    /// The catalog store's metrics (Redis round trips, cache, errors, reachability).
+    pub store: Arc<crate::store_metrics::StoreMetrics>,
 }
 
 impl Metrics {
@@ -100,6 +102,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             ready: Gauge::default(),
             catalog_items: Gauge::default(),
+            store: Arc::new(crate::store_metrics::StoreMetrics::register(&mut registry)),
             registry: Registry::default(),
         };
         registry.register("request_duration_seconds", "gRPC call latency, arrival to answer", m.request_duration.clone());
@@ -177,5 +180,25 @@ mod tests {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
         assert!(text.contains("lavic_requests_total{method=\"Recommend\",status=\"ok\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn store_observations_become_metrics() {
+        use lavic_catalog::redis::StoreObserver;
+        let m = Metrics::new();
+        m.store.round_trip("lookup", 0.0004, true);
+        m.store.cache(7, 3);
+        m.store.error("unavailable");
+        m.store.error("unavailable");
+        let text = m.encode();
+        for line in [
+            "lavic_catalog_cache_lookups_total{result=\"hit\"} 7",
+            "lavic_catalog_cache_lookups_total{result=\"miss\"} 3",
+            "lavic_catalog_store_errors_total{kind=\"unavailable\"} 2",
+            "lavic_catalog_store_round_trip_seconds_count{op=\"lookup\",ok=\"true\"} 1",
+            "lavic_catalog_store_up 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

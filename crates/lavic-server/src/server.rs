@@ -144,7 +144,7 @@ fn grpc_server(
     Ok(router.serve_with_incoming_shutdown(incoming, stop))
 }
 
-async fn set_services(health: &HealthReporter, status: ServingStatus) {
+pub(crate) async fn set_services(health: &HealthReporter, status: ServingStatus) {
     for name in [RECOMMENDER_SERVICE, CATALOG_SERVICE] {
         health.set_service_status(name, status).await;
     }
@@ -186,11 +186,12 @@ pub async fn serve(
     })?;
     let grpc_task = tokio::spawn(grpc);
     tracing::info!(addr = %grpc_addr, tls = config.tls_cert.is_some(), "gRPC listening");
-    let mut running = Running { core: core.clone(), health: health.clone(), stop_grpc, grpc_task, stop_metrics, metrics_task, workers: Vec::new() };
+    let mut running =
+        Running { core: core.clone(), health: health.clone(), stop_grpc, grpc_task, stop_metrics, metrics_task, workers: Vec::new(), store_watch: None };
 
     tokio::pin!(shutdown);
     let started = tokio::select! {
-        r = start(&config, &core, &health, jobs, hooks, &mut running.workers) => Some(r),
+        r = start(&config, &core, &health, jobs, hooks, &mut running) => Some(r),
         _ = &mut shutdown => None,
     };
     match started {
@@ -225,11 +226,16 @@ struct Running {
     metrics_task: Option<JoinHandle<std::io::Result<()>>>,
     /// The model worker threads (they exit once the queue is closed and empty).
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Readiness following a shared catalog store (stopped before draining).
+    store_watch: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// After a failed start: stop at once.
     fn stop_now(self) {
+        if let Some(w) = &self.store_watch {
+            w.abort();
+        }
         self.core.close_queue();
         let _ = self.stop_grpc.send(());
         let _ = self.stop_metrics.send(());
@@ -239,6 +245,9 @@ impl Running {
     /// the metrics endpoint, all within `grace`.
     async fn drain(mut self, grace: Duration) {
         let until = Instant::now() + grace;
+        if let Some(w) = self.store_watch.take() {
+            w.abort();
+        }
         let core = &self.core;
         core.start_draining();
         set_services(&self.health, ServingStatus::NotServing).await;
@@ -276,7 +285,7 @@ async fn start(
     health: &HealthReporter,
     jobs: crate::queue::Jobs,
     hooks: Hooks,
-    workers: &mut Vec<std::thread::JoinHandle<()>>,
+    running: &mut Running,
 ) -> Result<()> {
     let t = Instant::now();
     let (c, m) = (config.clone(), core.metrics.clone());
@@ -285,7 +294,7 @@ async fn start(
         .map_err(|e| Error::Startup(format!("loading panicked: {e}")))??;
     let engine = Arc::new(engine);
     let policy = BatchPolicy { max_batch: config.max_batch, window: Duration::from_millis(config.batch_window_ms) };
-    *workers = worker::spawn(config.workers, engine.clone(), jobs, policy, hooks.gate)
+    running.workers = worker::spawn(config.workers, engine.clone(), jobs, policy, hooks.gate)
         .map_err(|e| Error::Startup(format!("cannot start the model workers: {e}")))?;
     core.set_engine(engine.clone());
     if config.warmup {
@@ -294,6 +303,8 @@ async fn start(
     }
     core.set_ready();
     set_services(health, ServingStatus::Serving).await;
+    let limit = Duration::from_secs(config.catalog_outage_secs);
+    running.store_watch = crate::readiness::spawn_store_watch(core.clone(), engine.clone(), health.clone(), limit);
     tracing::info!(secs = t.elapsed().as_secs_f32(), demo = config.is_demo(), "serving");
     Ok(())
 }

@@ -138,6 +138,7 @@ impl catalog_server::Catalog for CatalogService {
                 failed: report.failed.into_iter().map(|(id, reason)| proto::ItemFailure { id, reason }).collect(),
                 missing_images: report.missing_images.len() as u32,
                 catalog_items: core.engine()?.store.len() as u64,
+                memory_only: core.engine()?.store.memory_only(),
             })
         })
         .await
@@ -175,7 +176,7 @@ impl catalog_server::Catalog for CatalogService {
                 Ok((n, engine.store.len()))
             })
             .await?;
-            Ok(proto::DeleteItemsResponse { deleted: deleted as u32, catalog_items: items as u64 })
+            Ok(proto::DeleteItemsResponse { deleted: deleted as u32, catalog_items: items as u64, memory_only: core.engine()?.store.memory_only() })
         })
         .await
     }

@@ -1,11 +1,17 @@
-//! The catalog as the server uses it: a [`lavic_catalog::Catalog`] (lock-free reads, serialised
-//! writes, both on `&self`) with errors mapped to ours, plus the embedded demo catalog built at
-//! start-up from the fixture images. The store is the one writer of `lavic_catalog_items`: it
-//! sets it when opened and after each write.
+//! The catalog as the server uses it: a [`lavic_catalog::CatalogBackend`] (the memory-mapped
+//! catalog folder, or the fleet-wide Redis store) with errors mapped to ours, plus the embedded
+//! demo catalog built at start-up from the fixture images. The store is the one writer of
+//! `lavic_catalog_items`: it sets it when opened and after each write.
+//!
+//! Writes are acknowledged only when they are durable: a catalog folder the process cannot write
+//! (the read-only volume of a Kubernetes manifest) refuses them with FAILED_PRECONDITION, unless
+//! `allow_memory_only_writes` is set, and then every write response says `memory_only`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use lavic_catalog::{Catalog, CatalogItem, ItemInfo, NewItem, StoreForm, UpsertReport};
+use lavic_catalog::{Catalog, CatalogBackend, CatalogItem, ItemInfo, NewItem, RedisConfig, RedisStore, StoreForm, UpsertReport};
 use lavic_model::ImageEncoder;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -20,10 +26,21 @@ pub const DEMO_ITEMS: [(&str, &str, &[u8]); 5] = [
     ("DEMO000005", "Enamel Pin, Retro Pixel Heart", include_bytes!("../../../tests/fixtures/images/small.png")),
 ];
 
+/// What the store does with Catalog writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Writes {
+    /// Written durably (a writable folder, or Redis).
+    Durable,
+    /// Applied in this replica's memory only (`allow_memory_only_writes` on a read-only folder).
+    MemoryOnly,
+    /// Refused with FAILED_PRECONDITION, for this reason.
+    Refused(String),
+}
+
 /// The catalog shared by handlers and workers.
 pub struct Store {
-    dir: PathBuf,
-    catalog: Catalog,
+    catalog: CatalogBackend,
+    writes: Writes,
     /// The demo catalog's temporary folder (removed by [`Store::close`] or on drop); in a mutex
     /// so that `close` can take it through the shared reference.
     temp: std::sync::Mutex<Option<tempfile::TempDir>>,
@@ -41,32 +58,52 @@ fn catalog_err(e: lavic_catalog::Error) -> Error {
 impl Store {
     /// Opens the catalog at `dir` and checks it was built by `encoder`'s numbers. A folder the
     /// process cannot write (the read-only volume of the Kubernetes manifests) is opened
-    /// read-only: Catalog upserts and deletes then apply in memory only and are lost on restart.
+    /// read-only; its writes are refused, or with `allow_memory_only` applied in memory only.
     /// `items` is the gauge the store keeps at its item count.
-    pub fn open(dir: &Path, encoder: &ImageEncoder, items: Gauge) -> Result<Self> {
+    pub fn open(dir: &Path, encoder: &ImageEncoder, items: Gauge, allow_memory_only: bool) -> Result<Self> {
         let writable = tempfile::tempfile_in(dir).is_ok();
-        let catalog = if writable {
-            Catalog::open(dir)
-        } else {
+        let (catalog, writes) = if writable {
+            (Catalog::open(dir), Writes::Durable)
+        } else if allow_memory_only {
             tracing::warn!(
                 dir = %dir.display(),
-                "catalog folder is not writable: Catalog.UpsertItems/DeleteItems apply in memory only and are lost on restart"
+                "catalog folder is not writable: Catalog.UpsertItems/DeleteItems apply in memory only (allow_memory_only_writes), are seen by this replica only and are lost on restart"
             );
-            Catalog::open_read_only(dir)
-        }
-        .map_err(catalog_err)?;
+            (Catalog::open_read_only(dir), Writes::MemoryOnly)
+        } else {
+            let why = format!(
+                "the catalog folder {} is not writable by the server, so a write could not be made durable; \
+                 use a writable folder, a shared store (catalog_url = redis://...), or set allow_memory_only_writes",
+                dir.display()
+            );
+            tracing::warn!(dir = %dir.display(), "catalog folder is not writable: Catalog.UpsertItems/DeleteItems are refused");
+            (Catalog::open_read_only(dir), Writes::Refused(why))
+        };
+        let catalog = catalog.map_err(catalog_err)?;
         catalog.check_encoder(encoder).map_err(catalog_err)?;
-        Ok(Self::with(dir.to_path_buf(), catalog, None, items))
+        Ok(Self::with(CatalogBackend::Mmap(catalog), writes, None, items))
     }
 
-    fn with(dir: PathBuf, catalog: Catalog, temp: Option<tempfile::TempDir>, items: Gauge) -> Self {
-        let store = Self { dir, catalog, temp: std::sync::Mutex::new(temp), items };
+    /// Opens the fleet-wide catalog in Redis: the namespace of `encoder`'s fingerprint (created
+    /// empty if new). `observer` receives the store's round trips, cache hits and errors.
+    pub fn open_redis(
+        config: &RedisConfig,
+        encoder: &ImageEncoder,
+        items: Gauge,
+        observer: Arc<dyn lavic_catalog::redis::StoreObserver>,
+    ) -> Result<Self> {
+        let store = RedisStore::open_for_encoder(config, encoder, Some(observer)).map_err(catalog_err)?;
+        Ok(Self::with(CatalogBackend::Redis(store), Writes::Durable, None, items))
+    }
+
+    fn with(catalog: CatalogBackend, writes: Writes, temp: Option<tempfile::TempDir>, items: Gauge) -> Self {
+        let store = Self { catalog, writes, temp: std::sync::Mutex::new(temp), items };
         store.count();
         store
     }
 
     /// Sets `lavic_catalog_items` to the item count.
-    fn count(&self) {
+    pub fn count(&self) {
         self.items.set(self.len() as i64);
     }
 
@@ -91,7 +128,7 @@ impl Store {
         if let Some((id, why)) = report.failed.first() {
             return Err(Error::Startup(format!("demo item {id}: {why}")));
         }
-        Ok(Self::with(dir, catalog, Some(temp), items))
+        Ok(Self::with(CatalogBackend::Mmap(catalog), Writes::Durable, Some(temp), items))
     }
 
     /// Removes the demo catalog's temporary folder (nothing for a real catalog). Call it once
@@ -104,12 +141,27 @@ impl Store {
         }
     }
 
-    /// The catalog folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The backend (folder or Redis).
+    pub fn backend(&self) -> &CatalogBackend {
+        &self.catalog
     }
 
-    /// Number of items.
+    /// The store, for logs and `ModelInfo`: the folder, or the Redis URL and namespace.
+    pub fn describe(&self) -> String {
+        self.catalog.describe()
+    }
+
+    /// Whether writes through this replica are kept in its memory only (lost on restart).
+    pub fn memory_only(&self) -> bool {
+        self.writes == Writes::MemoryOnly
+    }
+
+    /// How long the catalog store has been unreachable (`None`: reachable, or a folder).
+    pub fn outage_for(&self) -> Option<Duration> {
+        self.catalog.outage_for()
+    }
+
+    /// Number of items (for Redis: as of the last write or health check).
     pub fn len(&self) -> usize {
         self.catalog.len()
     }
@@ -124,12 +176,16 @@ impl Store {
         self.catalog.fingerprint().to_string()
     }
 
-    /// Whether `id` is a live item (cheap: an index lookup).
-    pub fn contains(&self, id: &str) -> bool {
-        self.catalog.contains(id)
+    /// Whether `id` is a live item, when that is known without a round trip: `Some` for a
+    /// folder (an index lookup), `None` for Redis (the lookup itself will tell).
+    pub fn contains(&self, id: &str) -> Option<bool> {
+        match &self.catalog {
+            CatalogBackend::Mmap(c) => Some(c.contains(id)),
+            CatalogBackend::Redis(_) => None,
+        }
     }
 
-    /// Image tokens of `ids` (None for unknown ids).
+    /// Image tokens of `ids` (None for unknown ids), in one lookup.
     pub fn tokens(&self, ids: &[&str], encoder: &ImageEncoder) -> Result<Vec<Option<CatalogItem>>> {
         self.catalog.tokens(ids, encoder).map_err(catalog_err)
     }
@@ -139,8 +195,16 @@ impl Store {
         self.catalog.get(id).map_err(catalog_err)
     }
 
+    fn check_writable(&self) -> Result<()> {
+        match &self.writes {
+            Writes::Refused(why) => Err(Error::NotDurable(why.clone())),
+            Writes::Durable | Writes::MemoryOnly => Ok(()),
+        }
+    }
+
     /// Encodes and stores items.
     pub fn upsert(&self, items: &[NewItem], encoder: &ImageEncoder) -> Result<UpsertReport> {
+        self.check_writable()?;
         let report = self.catalog.upsert(items, encoder).map_err(catalog_err);
         self.count();
         report
@@ -148,6 +212,7 @@ impl Store {
 
     /// Deletes items; returns how many existed.
     pub fn delete(&self, ids: &[&str]) -> Result<usize> {
+        self.check_writable()?;
         let deleted = self.catalog.delete(ids).map_err(catalog_err);
         self.count();
         deleted

@@ -302,7 +302,7 @@ impl Core {
         }
         let mut values = Vec::with_capacity(items.len());
         for it in items {
-            values.push(record::encode(it, &self.layout).map_err(|d| Error::InvalidArgument(d))?);
+            values.push(record::encode(it, &self.layout).map_err(Error::InvalidArgument)?);
         }
         let l = &self.layout;
         let k = &self.keys;
