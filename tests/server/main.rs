@@ -15,6 +15,7 @@ mod health;
 mod invalid_argument;
 mod overload;
 mod prompt_reference;
+mod read_only_catalog;
 mod recommend;
 mod reflection;
 mod sigterm;
