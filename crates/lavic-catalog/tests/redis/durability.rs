@@ -69,3 +69,36 @@ fn acknowledged_writes_survive_kill_9_of_redis() {
     }
     assert!(fresh.count().unwrap() >= acked.len());
 }
+
+/// Replicas connected to the primary and done with their initial sync, from `INFO replication`.
+fn connected_replicas(primary: &RedisServer) -> usize {
+    let info: String = redis::cmd("INFO").arg("replication").query(&mut primary.connection()).unwrap();
+    info.lines().filter(|l| l.starts_with("slave") && l.contains("state=online")).count()
+}
+
+#[test]
+fn wait_for_replicas_acknowledges_only_what_replicas_hold() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start_with(ServerOptions {
+        extra: vec!["--replicaof".into(), "127.0.0.1".into(), primary.port().to_string()],
+        ..Default::default()
+    });
+    assert!(wait_until(Duration::from_secs(15), || connected_replicas(&primary) == 1), "the replica never connected");
+    let mut cfg = config(&primary);
+    cfg.wait_replicas = 1;
+    cfg.wait_timeout = Duration::from_millis(1000);
+    let s = lavic_catalog::RedisStore::open(&cfg, layout(), None).unwrap();
+
+    // With the replica up: acknowledged, and the replica holds it.
+    s.write(vec![item("w0001", 1)]).unwrap();
+    let on_replica: Option<Vec<u8>> = redis::cmd("GET").arg(item_key("w0001")).query(&mut replica.connection()).unwrap();
+    assert!(on_replica.is_some(), "an acknowledged write is on the replica");
+
+    // Without it: the write is not acknowledged, and the error says why.
+    replica.kill9();
+    assert!(wait_until(Duration::from_secs(15), || connected_replicas(&primary) == 0), "the primary still sees its replica");
+    let e = s.write(vec![item("w0002", 1)]).unwrap_err();
+    assert!(matches!(&e, Error::StoreUnavailable { reason, .. } if reason.contains("0 of the 1 required replicas")), "{e}");
+    let e = s.delete(&["w0001"]).unwrap_err();
+    assert!(matches!(e, Error::StoreUnavailable { .. }), "{e}");
+}
