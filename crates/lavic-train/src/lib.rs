@@ -9,7 +9,9 @@
 //! forward) -> [`model`] (prompts, images, loss) -> [`optim`] -> [`trainer`] -> [`peft`].
 
 mod error;
+pub mod linear;
 pub mod ops;
 pub mod rng;
+pub mod spec;
 
 pub use error::{Error, Result};
