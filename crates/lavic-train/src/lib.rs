@@ -9,9 +9,12 @@
 //! forward) -> [`model`] (prompts, images, loss) -> [`optim`] -> [`trainer`] -> [`peft`].
 
 mod error;
+pub mod decoder;
 pub mod linear;
+pub mod model;
 pub mod ops;
 pub mod rng;
 pub mod spec;
+pub mod vision;
 
 pub use error::{Error, Result};
