@@ -13,8 +13,11 @@ pub mod decoder;
 pub mod linear;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod peft;
 pub mod rng;
 pub mod spec;
+pub mod trainer;
 pub mod vision;
 
 pub use error::{Error, Result};
