@@ -144,6 +144,11 @@ impl Weights {
         Self { store: self.store.clone(), prefix: self.path(name.as_ref()) }
     }
 
+    /// The module path this handle points at (canonical layout; empty at the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn path(&self, name: &str) -> String {
         if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
     }

@@ -1,0 +1,2 @@
+//! Placeholder until the training benchmark lands (see docs/TRAINING.md).
+fn main() {}

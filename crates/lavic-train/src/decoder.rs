@@ -1,0 +1,188 @@
+//! Training forward of the Mistral / Llama decoder: the computation of lavic-model's
+//! `decoder.rs` (RMSNorm in f32, rotary tables `pos * inv_freq` in f32, grouped-query attention
+//! with f32 scores, optional sliding window, SiLU-gated MLP) with differentiable RMSNorm, rotary
+//! embedding and softmax, [`LoraLinear`] layers, and right-padded batches. No KV cache: a training
+//! pass sees whole sequences.
+
+use candle_core::{DType, Device, Tensor};
+use lavic_model::config::{Activation, TextConfig};
+use lavic_model::weights::Weights;
+
+use crate::error::{Error, Result};
+use crate::linear::{Builder, Ctx, LoraLinear};
+use crate::ops;
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(b: &mut Builder, w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: b.get(w, &[dim], "weight")?, eps })
+    }
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(ops::rms_norm(xs, &self.weight, self.eps)?)
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: LoraLinear,
+    k: LoraLinear,
+    v: LoraLinear,
+    o: LoraLinear,
+    post_norm: RmsNorm,
+    gate: LoraLinear,
+    up: LoraLinear,
+    down: LoraLinear,
+}
+
+/// The language model (`language_model.*`) in training form.
+pub struct Decoder {
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: LoraLinear,
+    inv_freq: Vec<f32>,
+    cfg: TextConfig,
+    vocab: usize,
+}
+
+impl Decoder {
+    /// Loads `language_model.model.*` and `language_model.lm_head`, keeping the first `vocab`
+    /// rows of the embeddings and lm_head (the reference's `resize_token_embeddings`).
+    pub fn load(b: &mut Builder, w: &Weights, cfg: &TextConfig, vocab: usize) -> Result<Self> {
+        let m = w.pp("model");
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for n in 0..cfg.num_hidden_layers {
+            let l = m.pp(format!("layers.{n}"));
+            let (a, p) = (l.pp("self_attn"), l.pp("mlp"));
+            layers.push(Layer {
+                input_norm: RmsNorm::load(b, &l.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
+                q: b.linear(&a.pp("q_proj"), h, qd, ab, false)?,
+                k: b.linear(&a.pp("k_proj"), h, kvd, ab, false)?,
+                v: b.linear(&a.pp("v_proj"), h, kvd, ab, false)?,
+                o: b.linear(&a.pp("o_proj"), qd, h, ab, false)?,
+                post_norm: RmsNorm::load(b, &l.pp("post_attention_layernorm"), h, cfg.rms_norm_eps)?,
+                gate: b.linear(&p.pp("gate_proj"), h, i, mb, false)?,
+                up: b.linear(&p.pp("up_proj"), h, i, mb, false)?,
+                down: b.linear(&p.pp("down_proj"), i, h, mb, false)?,
+            });
+        }
+        let inv_freq = (0..hd / 2)
+            .map(|k| 1.0f32 / (cfg.rope_theta as f32).powf((2 * k) as f32 / hd as f32))
+            .collect();
+        Ok(Self {
+            embed_tokens: b.get_rows(&m.pp("embed_tokens"), vocab, h, "weight")?,
+            layers,
+            norm: RmsNorm::load(b, &m.pp("norm"), h, cfg.rms_norm_eps)?,
+            lm_head: b.linear(&w.pp("lm_head"), h, vocab, false, true)?,
+            inv_freq,
+            cfg: cfg.clone(),
+            vocab,
+        })
+    }
+
+    /// Rows of the output vocabulary.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Model width.
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// Token embeddings `[N, H]` of `ids` (frozen unless `embed_tokens` is in modules_to_save).
+    pub fn embed(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", self.vocab)));
+        }
+        Ok(self.embed_tokens.index_select(&Tensor::new(ids, device)?, 0)?)
+    }
+
+    /// Additive f32 mask `[B, 1, T, T]` for right-padded rows of the given lengths: query `q`
+    /// of row `r` sees key `k` iff `k <= q`, `k < len[r]` and `k` is inside the sliding window.
+    /// Padded query rows see the whole real prefix, so no row is fully blocked.
+    pub fn mask(&self, lens: &[usize], t: usize, device: &Device) -> Result<Tensor> {
+        let window = self.cfg.sliding_window;
+        let mut m = vec![0f32; lens.len() * t * t];
+        for (r, &len) in lens.iter().enumerate() {
+            for q in 0..t {
+                for k in 0..t {
+                    let ok = k <= q && k < len && window.is_none_or(|w| q - k < w);
+                    if !ok {
+                        m[(r * t + q) * t + k] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (lens.len(), 1, t, t), device)?)
+    }
+
+    /// Rotary tables `[T, D/2]` for positions `0..T` (right padding: every row starts at 0).
+    fn rope_tables(&self, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        for p in 0..t {
+            for &f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?,
+        ))
+    }
+
+    /// Hidden states `[B, T, H]` after the last layer (before the final norm) of right-padded
+    /// `embeds` `[B, T, H]` whose rows have real lengths `lens`.
+    pub fn forward(&self, embeds: &Tensor, lens: &[usize], ctx: &mut Ctx) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        if lens.len() != b || lens.iter().any(|&l| l == 0 || l > t) {
+            return Err(Error::Input(format!("row lengths {lens:?} do not fit a batch of {b} x {t}")));
+        }
+        let device = embeds.device();
+        let dtype = self.embed_tokens.dtype();
+        let (cos, sin) = self.rope_tables(t, device, dtype)?;
+        let mask = self.mask(lens, t, device)?;
+        let (heads, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = embeds.to_dtype(dtype)?;
+        for l in &self.layers {
+            let h = l.input_norm.forward(&x)?;
+            let split = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = ops::rope(&split(l.q.forward(&h, ctx)?, heads)?, &cos, &sin)?;
+            let k = ops::rope(&split(l.k.forward(&h, ctx)?, kv)?, &cos, &sin)?;
+            let v = split(l.v.forward(&h, ctx)?, kv)?;
+            let a = ops::attention(&q, &k, &v, Some(&mask), scale)?.transpose(1, 2)?.reshape((b, t, heads * hd))?;
+            let x1 = (x + l.o.forward(&a, ctx)?)?;
+            let h2 = l.post_norm.forward(&x1)?;
+            let g = Activation::Silu.apply(&l.gate.forward(&h2, ctx)?)?;
+            let mlp = l.down.forward(&(g * l.up.forward(&h2, ctx)?)?, ctx)?;
+            x = (x1 + mlp)?;
+        }
+        Ok(x)
+    }
+
+    /// f32 logits `[N, vocab]` of the hidden states at flat indices `rows` (into `B * T`): the
+    /// final norm and lm_head run on those rows only.
+    pub fn logits_at(&self, hidden: &Tensor, rows: &[u32], ctx: &mut Ctx) -> Result<Tensor> {
+        let (b, t, h) = hidden.dims3()?;
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= b * t) {
+            return Err(Error::Input(format!("logit row {bad} is outside {b} x {t}")));
+        }
+        let idx = Tensor::new(rows, hidden.device())?;
+        let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
+        let normed = self.norm.forward(&picked)?;
+        Ok(self.lm_head.forward(&normed, ctx)?.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,23 @@
+//! lavic-train: the training engine for LaViC's two LoRA stages, on top of lavic-model.
+//!
+//! A separate crate so the inference crate stays lean: inference merges adapters at load and
+//! never pays for trainable state; everything that only training needs (differentiable ops,
+//! unmerged trainable LoRA, loss, AdamW, schedules, PEFT saving, resumable state) lives here.
+//!
+//! Read top-down: [`ops`] (differentiable replacements of candle's fused ops) -> [`rng`] ->
+//! [`spec`] (what is trained) -> [`linear`] (LoRA Linear) -> [`vision`] / [`decoder`] (training
+//! forward) -> [`model`] (prompts, images, loss) -> [`optim`] -> [`trainer`] -> [`peft`].
+
+mod error;
+pub mod decoder;
+pub mod linear;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod peft;
+pub mod rng;
+pub mod spec;
+pub mod trainer;
+pub mod vision;
+
+pub use error::{Error, Result};

@@ -1,0 +1,79 @@
+//! The training forward computes what the inference path computes: with non-zero LoRA B (the
+//! committed fixture adapters, both stages, both key layouts, rsLoRA, rank/alpha patterns,
+//! modules_to_save and a saved lm_head base layer), the training model's logits (adapters
+//! unmerged, trainable) equal lavic-model's logits (adapters merged at load) within 1e-5.
+//! Tolerance: both sides are f32 on the same inputs; merging W + sBA first versus adding
+//! s(xA^T)B^T later changes summation order only (observed differences are ~1e-6).
+
+mod common;
+
+use common::*;
+use lavic_model::prompt::{recommendation_prompt, distillation_prompt};
+use lavic_model::{LavicModel, LoadOptions, PromptCandidate, Tensor};
+use lavic_train::linear::Ctx;
+use lavic_train::model::{Example, TrainModel};
+
+fn inference(model: &str) -> LavicModel {
+    let f = fixtures();
+    let mut o = LoadOptions::new(f.join(format!("tiny-{model}")));
+    o.tokenizer = Some(tokenizer());
+    o.vision_adapter = Some(f.join(format!("adapters/{model}-vision")));
+    o.lm_adapter = Some(f.join(format!("adapters/{model}-lm")));
+    o.dtype = Some(candle_core::DType::F32);
+    o.share_prefix = false;
+    LavicModel::load(&o).unwrap()
+}
+
+fn check(model: &str, prompt: &str, target: &str, images: &[&str]) {
+    let inf = inference(model);
+    let train = TrainModel::load(&options_from_adapters(model)).unwrap();
+    assert!(train.params().numel() > 0);
+    let views: Vec<Tensor> = images.iter().map(|n| pixels(model, n)).collect();
+    let enc = train.encode(&Example { prompt: prompt.into(), target: target.into(), images: views.clone() }).unwrap();
+    let tp = inf.tokenizer.tokenize_prompt(&format!("{prompt}{target}")).unwrap();
+    assert_eq!(tp.ids, enc.ids);
+    let toks: Vec<Tensor> = views
+        .iter()
+        .map(|v| inf.encoder.project(&inf.encoder.cls_from_pixels(v).unwrap()).unwrap().squeeze(0).unwrap())
+        .collect();
+    let embeds = inf.prompt_embeds(&tp, &toks).unwrap();
+    let positions: Vec<usize> = (0..tp.ids.len()).collect();
+    let want = inf.prompt_logits(&embeds, &positions).unwrap();
+    let got = train.logits(&enc, &mut Ctx::eval()).unwrap();
+    let e = max_abs(&got, &want);
+    eprintln!("{model}: max abs(training - inference logits) = {e:e}");
+    assert!(e <= 1e-5, "{model}: training logits differ from inference by {e}");
+    // and the LoRA changes the logits at all (the comparison would be vacuous otherwise)
+    let plain = TrainModel::load(&options(model)).unwrap();
+    let base = plain.logits(&enc, &mut Ctx::eval()).unwrap();
+    assert!(max_abs(&base, &want) > 1e-2, "{model}: adapters do not change the logits");
+}
+
+fn rec_prompt() -> String {
+    let cands = [
+        PromptCandidate { id: "B0012GVT7O", title: "Soft cotton throw blanket" },
+        PromptCandidate { id: "B07XJ8C8F5", title: "" },
+        PromptCandidate { id: "B08N5WRWNW", title: "Ceramic table lamp" },
+    ];
+    recommendation_prompt("<submission>Looking for something cozy for my living room.</submission>\n", &cands)
+}
+
+#[test]
+fn mistral_stage2_prompt_logits_equal_inference() {
+    check("mistral", &rec_prompt(), "B07XJ8C8F5", &["square", "wide2", "white"]);
+}
+
+#[test]
+fn llama_stage2_prompt_logits_equal_inference() {
+    check("llama", &rec_prompt(), "B08N5WRWNW", &["tall", "small", "wide3"]);
+}
+
+#[test]
+fn mistral_stage1_prompt_logits_equal_inference() {
+    check("mistral", &distillation_prompt("Soft cotton throw blanket"), "A soft grey blanket with tassels.", &["wide3"]);
+}
+
+#[test]
+fn llama_stage1_prompt_logits_equal_inference() {
+    check("llama", &distillation_prompt("Ceramic table lamp"), "A white ceramic lamp.", &["square"]);
+}
