@@ -43,6 +43,10 @@ pub const KNOWN_ENV: &[&str] = &[
     "LAVIC_CATALOG_TOKEN",
     "LAVIC_TLS_CERT",
     "LAVIC_TLS_KEY",
+    // Issue 11 (hardening).
+    "LAVIC_MAX_IMAGE_PIXELS",
+    "LAVIC_MAX_REQUEST_PIXELS",
+    "LAVIC_MAX_INFLIGHT_PIXELS",
 ];
 
 /// What to do with a dialogue whose prompt exceeds `max_prompt_tokens`.
@@ -143,8 +147,8 @@ pub struct Config {
     pub catalog_dir: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// Compute dtype.
-    pub dtype: DTypeName,
+    /// Compute dtype; none: f32 on CPU, the checkpoint's on CUDA (as `lavic catalog build`).
+    pub dtype: Option<DTypeName>,
     /// Most candidates per request (at least 2).
     pub max_candidates: usize,
     /// Prompt token budget (the LLaVA-v1.6 window is 4096).
@@ -184,6 +188,14 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Run a warm-up request before reporting SERVING.
     pub warmup: bool,
+    // Issue 11 (hardening), kept together.
+    /// Largest image in pixels (width x height, read from its header before decoding).
+    pub max_image_pixels: u64,
+    /// Most decoded pixels of all images of one request (inline items, or upserted items).
+    pub max_request_pixels: u64,
+    /// Most decoded pixels held by all admitted requests together (beside `queue_capacity`):
+    /// beyond it RESOURCE_EXHAUSTED. At least `max_request_pixels`.
+    pub max_inflight_pixels: u64,
 }
 
 impl Default for Config {
@@ -197,7 +209,7 @@ impl Default for Config {
             lm_adapter: None,
             catalog_dir: None,
             device: "cpu".into(),
-            dtype: DTypeName::F32,
+            dtype: None,
             max_candidates: 20,
             max_prompt_tokens: 4096,
             overlong_policy: OverlongPolicy::Shorten,
@@ -217,6 +229,9 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             warmup: true,
+            max_image_pixels: 16_777_216,
+            max_request_pixels: 33_554_432,
+            max_inflight_pixels: 134_217_728,
         }
     }
 }
@@ -252,7 +267,7 @@ pub struct ServeArgs {
     /// cpu, cuda or cuda:N [default: cpu].
     #[arg(long, env = "LAVIC_DEVICE")]
     pub device: Option<String>,
-    /// Compute dtype [default: f32].
+    /// Compute dtype [default: f32 on CPU, the checkpoint's on CUDA, as `lavic catalog build`].
     #[arg(long, env = "LAVIC_DTYPE", value_enum)]
     pub dtype: Option<DTypeName>,
     /// Most candidates per request [default: 20].
@@ -315,6 +330,16 @@ pub struct ServeArgs {
     /// Print the resolved configuration (TOML, token redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+    // Issue 11 (hardening), kept together.
+    /// Largest image in pixels, width x height [default: 16777216].
+    #[arg(long, env = "LAVIC_MAX_IMAGE_PIXELS")]
+    pub max_image_pixels: Option<u64>,
+    /// Most decoded pixels per request [default: 33554432].
+    #[arg(long, env = "LAVIC_MAX_REQUEST_PIXELS")]
+    pub max_request_pixels: Option<u64>,
+    /// Most decoded pixels held by admitted requests together [default: 134217728].
+    #[arg(long, env = "LAVIC_MAX_INFLIGHT_PIXELS")]
+    pub max_inflight_pixels: Option<u64>,
 }
 
 impl Config {
@@ -330,12 +355,15 @@ impl Config {
         set!(grpc_addr, metrics_addr, device, dtype, max_candidates, max_prompt_tokens, overlong_policy);
         set!(unknown_ids, max_context_bytes, max_image_bytes, max_message_bytes, queue_capacity, max_batch);
         set!(workers, batch_window_ms, request_timeout_secs, shutdown_grace_secs, log_format, log);
+        set!(max_image_pixels, max_request_pixels, max_inflight_pixels);
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = Some(v.clone()); } )* };
         }
         set_opt!(model_dir, tokenizer, vision_adapter, lm_adapter, catalog_dir, tls_cert, tls_key);
         if let Some(t) = &args.catalog_token {
-            c.catalog_token = (!t.is_empty()).then(|| Secret(t.clone()));
+            // Empty or not, a token given is a token: `validate` refuses an empty one, as it
+            // does for the TOML file (issue 11: "" must never mean "anyone may write").
+            c.catalog_token = Some(Secret(t.clone()));
         }
         if args.no_warmup {
             c.warmup = false;
@@ -384,6 +412,7 @@ impl Config {
         if self.catalog_dir.is_some() && self.model_dir.is_none() {
             return bad("catalog_dir is set but model_dir is not: the embedded demo model cannot read another catalog".into());
         }
+        self.validate_issue11()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return bad(format!("log filter {:?} is invalid", self.log));
         }
@@ -403,6 +432,58 @@ impl Config {
     pub fn is_demo(&self) -> bool {
         self.model_dir.is_none()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening settings and checks (issue 11), kept together.
+
+impl Config {
+    /// The checks added for issue 11: the catalog token, ...
+    fn validate_issue11(&self) -> Result<()> {
+        if let Some(token) = &self.catalog_token {
+            check_token(&token.0)?;
+        }
+        let bad = |m: String| Err(Error::Config(m));
+        for (name, v) in [
+            ("max_image_pixels", self.max_image_pixels),
+            ("max_request_pixels", self.max_request_pixels),
+            ("max_inflight_pixels", self.max_inflight_pixels),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.max_request_pixels < self.max_image_pixels {
+            return bad(format!(
+                "max_request_pixels ({}) is below max_image_pixels ({}): one image could never be sent",
+                self.max_request_pixels, self.max_image_pixels
+            ));
+        }
+        if self.max_inflight_pixels < self.max_request_pixels {
+            return bad(format!(
+                "max_inflight_pixels ({}) is below max_request_pixels ({}): such a request could never be admitted",
+                self.max_inflight_pixels, self.max_request_pixels
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A catalog token must be usable as a bearer token: an empty one is a configuration error from
+/// every source (TOML, `LAVIC_CATALOG_TOKEN`, `--catalog-token`): to refuse catalog changes,
+/// leave the token unset.
+fn check_token(token: &str) -> Result<()> {
+    if token.trim().is_empty() {
+        return Err(Error::Config(
+            "catalog_token (LAVIC_CATALOG_TOKEN, --catalog-token) is empty: leave it unset to refuse catalog changes, or set a secret".into(),
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Config(
+            "catalog_token (LAVIC_CATALOG_TOKEN, --catalog-token) must be printable ASCII without spaces (it travels in the authorization header)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `LAVIC_*` variables in `vars` that `lavic serve` does not know (to warn about).
@@ -451,6 +532,21 @@ mod tests {
         let vars = [("LAVIC_MAX_BATCH", "1"), ("LAVIC_MAXBATCH", "1"), ("PATH", "/bin")];
         let unknown = unknown_env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         assert_eq!(unknown, vec!["LAVIC_MAXBATCH".to_string()]);
+    }
+
+    #[test]
+    fn an_empty_token_is_a_configuration_error_from_every_source() {
+        for bad in ["", "   ", "has space", "tab\there"] {
+            let err = Config::resolve(&ServeArgs { catalog_token: Some(bad.into()), ..Default::default() }).unwrap_err();
+            assert!(err.to_string().contains("catalog_token"), "{bad:?}: {err}");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("lavic.toml");
+            std::fs::write(&path, format!("catalog_token = {bad:?}\n")).unwrap();
+            let err = Config::resolve(&ServeArgs { config: Some(path), ..Default::default() }).unwrap_err();
+            assert!(err.to_string().contains("catalog_token"), "{bad:?}: {err}");
+        }
+        let c = Config::resolve(&ServeArgs { catalog_token: Some("s3cret".into()), ..Default::default() }).unwrap();
+        assert_eq!(c.catalog_token, Some(Secret("s3cret".into())));
     }
 
     #[test]

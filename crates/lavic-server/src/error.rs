@@ -38,6 +38,16 @@ pub enum Error {
     /// The admission limit is reached (queue full).
     #[error("server overloaded: {0} requests already admitted; retry with backoff")]
     Overloaded(usize),
+    /// The decoded-pixel budget of admitted requests (`max_inflight_pixels`) is taken.
+    #[error("server overloaded: admitted requests hold {held} of the {budget} decoded image pixels allowed (max_inflight_pixels), this one needs {wanted}; retry with backoff")]
+    OverPixelBudget {
+        /// Pixels held by admitted requests when this one came.
+        held: u64,
+        /// Pixels this request needs.
+        wanted: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// The model and catalog are still loading (or warming up).
     #[error("the model is still loading")]
     NotReady,
@@ -97,20 +107,55 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } | Error::Refused { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::Overloaded(_) | Error::OverPixelBudget { .. } => Code::ResourceExhausted,
             Error::NotReady | Error::Draining => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled => Code::Cancelled,
             Error::Unauthenticated => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Catalog(e) => catalog_code(e),
             // Never a client's doing (start-up only, or our failure).
-            Error::Model(_) | Error::Catalog(_) | Error::Config(_) | Error::Startup(_) | Error::Internal(_) => Code::Internal,
+            Error::Model(_) | Error::Config(_) | Error::Startup(_) | Error::Internal(_) => Code::Internal,
         }
     }
 
     /// Metric label of the outcome: the status code's name (`invalid_argument`, `not_found`...).
     pub fn kind(&self) -> &'static str {
         code_label(self.code())
+    }
+}
+
+/// The status of a catalog failure, as gRPC's status guide reads: INTERNAL only for what is
+/// our bug; a full disk is RESOURCE_EXHAUSTED, a catalog changed or locked by another process
+/// FAILED_PRECONDITION / UNAVAILABLE, corrupt data DATA_LOSS.
+fn catalog_code(e: &lavic_catalog::Error) -> tonic::Code {
+    use lavic_catalog::Error as C;
+    use tonic::Code;
+    match e {
+        C::Io { source, .. } => io_code(source),
+        // Another process changed the catalog on disk: retrying the same call cannot help until
+        // the server reopens it.
+        C::Stale(_) | C::FingerprintMismatch { .. } | C::NotACatalog { .. } | C::Incompatible(_) | C::StoreRejected { .. } => {
+            Code::FailedPrecondition
+        }
+        // A build or merge holds the writer lock; an unreachable store: later may work.
+        C::Busy(_) | C::StoreUnavailable { .. } => Code::Unavailable,
+        C::Corrupt { .. } | C::StoreCorrupt { .. } => Code::DataLoss,
+        C::InvalidArgument(_) | C::Input { .. } | C::DuplicateId { .. } => Code::InvalidArgument,
+        C::Model(_) | C::Candle(_) => Code::Internal,
+    }
+}
+
+/// The status of an I/O failure: no space or quota left is RESOURCE_EXHAUSTED, a read-only or
+/// forbidden file FAILED_PRECONDITION, the rest INTERNAL.
+pub fn io_code(e: &std::io::Error) -> tonic::Code {
+    use std::io::ErrorKind;
+    use tonic::Code;
+    // ENOSPC 28, EDQUOT 122 (Linux).
+    match (e.kind(), e.raw_os_error()) {
+        (ErrorKind::StorageFull | ErrorKind::QuotaExceeded, _) | (_, Some(28 | 122)) => Code::ResourceExhausted,
+        (ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied, _) | (_, Some(30)) => Code::FailedPrecondition,
+        _ => Code::Internal,
     }
 }
 
@@ -174,6 +219,12 @@ mod tests {
             ),
             (Error::NotFound { what: "candidate ids", ids: vec!["A".into(), "B".into()] }, Code::NotFound, "not_found", "unknown candidate ids: A, B"),
             (Error::Overloaded(4), Code::ResourceExhausted, "resource_exhausted", "server overloaded: 4 requests already admitted"),
+            (
+                Error::OverPixelBudget { held: 10, wanted: 5, budget: 12 },
+                Code::ResourceExhausted,
+                "resource_exhausted",
+                "hold 10 of the 12 decoded image pixels allowed (max_inflight_pixels), this one needs 5",
+            ),
             (Error::NotReady, Code::Unavailable, "unavailable", "still loading"),
             (Error::Draining, Code::Unavailable, "unavailable", "shutting down"),
             (Error::DeadlineExceeded(std::time::Duration::from_millis(5)), Code::DeadlineExceeded, "deadline_exceeded", "deadline exceeded after 5ms"),
@@ -181,7 +232,7 @@ mod tests {
             (Error::Unauthenticated, Code::Unauthenticated, "unauthenticated", "bearer token"),
             (Error::PermissionDenied("disabled".into()), Code::PermissionDenied, "permission_denied", "disabled"),
             (Error::Model(lavic_model::Error::Input("bad shape".into())), Code::Internal, "internal", "model: invalid input: bad shape"),
-            (Error::Catalog(lavic_catalog::Error::Busy("/cat".into())), Code::Internal, "internal", "catalog: catalog /cat is locked"),
+            (Error::Catalog(lavic_catalog::Error::Busy("/cat".into())), Code::Unavailable, "unavailable", "catalog: catalog /cat is locked"),
             (Error::Config("max_batch".into()), Code::Internal, "internal", "configuration: max_batch"),
             (Error::Startup("no model".into()), Code::Internal, "internal", "startup: no model"),
             (Error::Internal("worker gone".into()), Code::Internal, "internal", "internal: worker gone"),
@@ -195,17 +246,18 @@ mod tests {
             Error::Refused { .. } => 1,
             Error::NotFound { .. } => 2,
             Error::Overloaded(_) => 3,
-            Error::NotReady => 4,
-            Error::Draining => 5,
-            Error::DeadlineExceeded(_) => 6,
-            Error::Cancelled => 7,
-            Error::Unauthenticated => 8,
-            Error::PermissionDenied(_) => 9,
-            Error::Model(_) => 10,
-            Error::Catalog(_) => 11,
-            Error::Config(_) => 12,
-            Error::Startup(_) => 13,
-            Error::Internal(_) => 14,
+            Error::OverPixelBudget { .. } => 4,
+            Error::NotReady => 5,
+            Error::Draining => 6,
+            Error::DeadlineExceeded(_) => 7,
+            Error::Cancelled => 8,
+            Error::Unauthenticated => 9,
+            Error::PermissionDenied(_) => 10,
+            Error::Model(_) => 11,
+            Error::Catalog(_) => 12,
+            Error::Config(_) => 13,
+            Error::Startup(_) => 14,
+            Error::Internal(_) => 15,
         }
     }
 
@@ -221,6 +273,21 @@ mod tests {
             assert_eq!(code_label(status.code()), label);
             assert!(status.message().starts_with(text) || status.message().contains(text), "{:?} lacks {text:?}", status.message());
         }
+    }
+
+    #[test]
+    fn catalog_failures_that_retrying_cannot_fix_are_not_internal() {
+        let io = |e: std::io::Error| Error::Catalog(lavic_catalog::Error::Io { path: "/cat/delta.log".into(), source: e });
+        let full = io(std::io::Error::from_raw_os_error(28));
+        assert_eq!((full.code(), full.kind()), (Code::ResourceExhausted, "resource_exhausted"));
+        assert!(full.to_string().contains("/cat/delta.log"), "{full}");
+        assert_eq!(io(std::io::Error::from_raw_os_error(122)).code(), Code::ResourceExhausted, "quota");
+        assert_eq!(io(std::io::Error::from_raw_os_error(30)).code(), Code::FailedPrecondition, "read-only file system");
+        assert_eq!(io(std::io::Error::from_raw_os_error(5)).code(), Code::Internal, "EIO stays ours");
+        let stale = Error::Catalog(lavic_catalog::Error::Stale("/cat".into()));
+        assert_eq!(stale.code(), Code::FailedPrecondition);
+        let corrupt = Error::Catalog(lavic_catalog::Error::Corrupt { path: "/cat/x".into(), detail: "crc".into() });
+        assert_eq!(corrupt.code(), Code::DataLoss);
     }
 
     #[test]

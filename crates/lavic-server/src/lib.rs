@@ -17,6 +17,7 @@
 //! - [`metrics`]: Prometheus on a separate port; [`client`]: the CLI's gRPC client commands.
 
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod core;
 pub mod decode;

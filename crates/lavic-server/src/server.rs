@@ -60,6 +60,8 @@ impl Listeners {
 pub struct Hooks {
     /// Holds every batch (the warm-up's included) until opened.
     pub gate: Option<Gate>,
+    /// Holds every inline-image decoding before it starts, until opened.
+    pub decode_gate: Option<Gate>,
 }
 
 /// Removes the demo catalog's temporary folder when [`serve`] returns, however it returns (as
@@ -162,7 +164,10 @@ pub async fn serve(
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let (queue, jobs) = Queue::new(config.queue_capacity, metrics.clone());
-    let core = Arc::new(Core::new(config.clone(), queue, metrics.clone()));
+    let queue = queue.with_pixel_budget(config.max_inflight_pixels);
+    let mut core = Core::new(config.clone(), queue, metrics.clone());
+    core.decode_gate = hooks.decode_gate.clone();
+    let core = Arc::new(core);
     let _cleanup = CatalogCleanup(core.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
