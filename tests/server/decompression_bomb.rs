@@ -35,7 +35,7 @@ async fn bombs_are_refused_from_the_header_in_recommend_and_upsert() {
         lavic_model::anyres::image_dimensions(&bomb),
         Some((16384, 10922))
     );
-    let lavic = LavicProcess::start(&["--catalog-token", "s3cret"], &[]).await;
+    let lavic = LavicProcess::start(&["--catalog-token", "s3cret", "--max-image-bytes", "8388608"], &[]).await;
     let baseline = lavic.peak_rss_mb();
     let mut rec = RecommenderClient::new(lavic.channel().await).max_encoding_message_size(64 << 20);
 

@@ -9,6 +9,7 @@ mod admission;
 mod binary;
 mod catalog_fingerprint;
 mod catalog_service;
+mod connections;
 mod deadline;
 mod default_dtype;
 mod decompression_bomb;

@@ -47,6 +47,9 @@ pub const KNOWN_ENV: &[&str] = &[
     "LAVIC_MAX_IMAGE_PIXELS",
     "LAVIC_MAX_REQUEST_PIXELS",
     "LAVIC_MAX_INFLIGHT_PIXELS",
+    "LAVIC_MAX_CONNECTIONS",
+    "LAVIC_HANDSHAKE_TIMEOUT_SECS",
+    "LAVIC_MAX_CONCURRENT_STREAMS",
 ];
 
 /// What to do with a dialogue whose prompt exceeds `max_prompt_tokens`.
@@ -196,6 +199,12 @@ pub struct Config {
     /// Most decoded pixels held by all admitted requests together (beside `queue_capacity`):
     /// beyond it RESOURCE_EXHAUSTED. At least `max_request_pixels`.
     pub max_inflight_pixels: u64,
+    /// Most open connections per port (gRPC, metrics); beyond it new ones wait to be accepted.
+    pub max_connections: usize,
+    /// A new connection must start talking (HTTP/2 preface, HTTP/1 request) within this time.
+    pub handshake_timeout_secs: u64,
+    /// Most concurrent streams (calls) per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Config {
@@ -215,8 +224,11 @@ impl Default for Config {
             overlong_policy: OverlongPolicy::Shorten,
             unknown_ids: UnknownIds::Reject,
             max_context_bytes: 64 << 10,
-            max_image_bytes: 8 << 20,
-            max_message_bytes: 64 << 20,
+            // 2 MiB per image; a message fits 20 inline images of that size plus the dialogue:
+            // 20 x 2 MiB + 64 KiB + 1 MiB for ids, titles and framing (issue 11: it was 64 MiB,
+            // and 1,024 streams per connection).
+            max_image_bytes: 2 << 20,
+            max_message_bytes: 20 * (2 << 20) + (64 << 10) + (1 << 20),
             queue_capacity: 64,
             max_batch: 1,
             workers: 1,
@@ -232,6 +244,9 @@ impl Default for Config {
             max_image_pixels: 16_777_216,
             max_request_pixels: 33_554_432,
             max_inflight_pixels: 134_217_728,
+            max_connections: 1024,
+            handshake_timeout_secs: 10,
+            max_concurrent_streams: 32,
         }
     }
 }
@@ -285,10 +300,10 @@ pub struct ServeArgs {
     /// Largest dialogue in bytes [default: 65536].
     #[arg(long, env = "LAVIC_MAX_CONTEXT_BYTES")]
     pub max_context_bytes: Option<usize>,
-    /// Largest image in bytes [default: 8388608].
+    /// Largest image in bytes [default: 2097152].
     #[arg(long, env = "LAVIC_MAX_IMAGE_BYTES")]
     pub max_image_bytes: Option<usize>,
-    /// Largest gRPC message in bytes [default: 67108864].
+    /// Largest gRPC message in bytes [default: 42008576: 20 images of 2 MiB, the dialogue, 1 MiB].
     #[arg(long, env = "LAVIC_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
     /// Requests admitted at once [default: 64].
@@ -340,6 +355,15 @@ pub struct ServeArgs {
     /// Most decoded pixels held by admitted requests together [default: 134217728].
     #[arg(long, env = "LAVIC_MAX_INFLIGHT_PIXELS")]
     pub max_inflight_pixels: Option<u64>,
+    /// Most open connections per port [default: 1024].
+    #[arg(long, env = "LAVIC_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection has to start talking [default: 10].
+    #[arg(long, env = "LAVIC_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Most concurrent calls per HTTP/2 connection [default: 32].
+    #[arg(long, env = "LAVIC_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Config {
@@ -355,7 +379,7 @@ impl Config {
         set!(grpc_addr, metrics_addr, device, dtype, max_candidates, max_prompt_tokens, overlong_policy);
         set!(unknown_ids, max_context_bytes, max_image_bytes, max_message_bytes, queue_capacity, max_batch);
         set!(workers, batch_window_ms, request_timeout_secs, shutdown_grace_secs, log_format, log);
-        set!(max_image_pixels, max_request_pixels, max_inflight_pixels);
+        set!(max_image_pixels, max_request_pixels, max_inflight_pixels, max_connections, handshake_timeout_secs, max_concurrent_streams);
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = Some(v.clone()); } )* };
         }
@@ -448,6 +472,9 @@ impl Config {
             ("max_image_pixels", self.max_image_pixels),
             ("max_request_pixels", self.max_request_pixels),
             ("max_inflight_pixels", self.max_inflight_pixels),
+            ("max_connections", self.max_connections as u64),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be positive"));

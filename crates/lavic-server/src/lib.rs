@@ -19,6 +19,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod conn;
 pub mod core;
 pub mod decode;
 pub mod engine;
