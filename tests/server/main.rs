@@ -5,19 +5,26 @@
 
 mod common;
 
+mod admission;
 mod binary;
 mod catalog_fingerprint;
 mod catalog_service;
+mod connections;
 mod deadline;
+mod default_dtype;
+mod decompression_bomb;
+mod empty_token;
 mod eval_metrics;
 mod fleet;
 mod health;
 mod invalid_argument;
+mod log_injection;
 mod overload;
 mod prompt_reference;
 mod read_only_catalog;
 mod recommend;
 mod reflection;
 mod sigterm;
+mod status_codes;
 mod tls;
 mod unknown_ids;

@@ -64,8 +64,8 @@ pub struct BuildArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, env = "LAVIC_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// f32, f16 or bf16 (default: the checkpoint's). Must match the server's: it is part of the
-    /// fingerprint.
+    /// f32, f16 or bf16 (default: f32 on CPU, the checkpoint's on CUDA, as `lavic serve`). Must
+    /// match the server's: it is part of the fingerprint.
     #[arg(long, env = "LAVIC_DTYPE")]
     pub dtype: Option<String>,
     /// Progress display.
@@ -287,7 +287,9 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
     let mut lo = LoadOptions::new(&a.model);
     lo.vision_adapter = a.vision_adapter.clone();
     lo.device = parse_device(&a.device)?;
-    lo.dtype = a.dtype.as_deref().map(parse_dtype).transpose()?;
+    // No --dtype: the same default as `lavic serve` (f32 on CPU, the checkpoint's on a GPU), so a
+    // catalog built and served with the defaults has the server's fingerprint.
+    lo.dtype = a.dtype.as_deref().map(parse_dtype).transpose()?.or_else(|| lavic_model::default_dtype(&lo.device));
     let encoder = ImageEncoder::load(&lo).with_context(|| format!("loading the image encoder from {}", a.model.display()))?;
     let mut opts = BuildOptions::new(&a.items, &a.images, &a.out);
     opts.shard = a.shard;

@@ -24,7 +24,10 @@ pub const NUM_VIEWS: usize = 5;
 pub struct DecodeLimits {
     /// Largest accepted width or height.
     pub max_side: u32,
-    /// Largest accepted pixel count (Pillow's decompression-bomb error threshold by default).
+    /// Largest accepted pixel count (width x height), checked from the header before any pixel
+    /// is allocated. 16,777,216 (4096 x 4096, 48 MiB as RGB) by default: LaViC sees at most
+    /// 672 x 672 of an image, and Pillow's own bomb threshold (~179 M pixels) let a 522 KB PNG
+    /// cost ~1 GB to decode (issue 11).
     pub max_pixels: u64,
     /// Largest encoded size in bytes.
     pub max_bytes: usize,
@@ -32,8 +35,14 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_side: 16_384, max_pixels: 2 * 89_478_485, max_bytes: 64 << 20 }
+        Self { max_side: 16_384, max_pixels: 16_777_216, max_bytes: 64 << 20 }
     }
+}
+
+/// Width and height from an encoded image's header (nothing decoded, no pixel allocated);
+/// None when the format or header is not readable (decoding then fails too).
+pub fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
 }
 
 /// Decodes an encoded image (JPEG, PNG, WebP, GIF, BMP) to RGB like `Image.open(..).convert("RGB")`.
@@ -62,8 +71,10 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8> {
     }
     if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
         return Err(Error::Image(format!(
-            "image is {w}x{h}, over the decoding limits ({} px per side, {} pixels)",
-            limits.max_side, limits.max_pixels
+            "image is {w}x{h} ({} pixels), over the decoding limits ({} px per side, {} pixels)",
+            w as u64 * h as u64,
+            limits.max_side,
+            limits.max_pixels
         )));
     }
     if reader_format(bytes) == Some(image::ImageFormat::Jpeg) && !jpeg_complete(bytes) {
@@ -78,7 +89,8 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8> {
     l.max_alloc = Some(limits.max_pixels * 8);
     reader.limits(l);
     let img = reader.decode().map_err(|e| Error::Image(format!("cannot decode: {e}")))?;
-    let rgb = img.to_rgb8();
+    // `into_rgb8` reuses the buffer of an RGB image instead of copying it.
+    let rgb = img.into_rgb8();
     Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }
 

@@ -27,7 +27,7 @@ pub use anyres::{AnyResConfig, DecodeLimits, NUM_VIEWS};
 pub use candle_core::{DType, Device, Tensor};
 pub use decoder::KvCache;
 pub use error::{Error, RequestError, Result};
-pub use model::{argmax, parse_device, parse_dtype, ImageEncoder, LavicModel, LoadOptions};
+pub use model::{argmax, default_dtype, explain_fingerprint, parse_device, parse_dtype, ImageEncoder, LavicModel, LoadOptions};
 pub use prompt::{LavicTokenizer, PromptCandidate, TokenizedPrompt};
 pub use recommend::{BatchResults, Candidate, CandidateScore, Mode, Overlong, RecommendInput, RecommendOptions, Recommendation};
 pub use request_prompt::BuiltPrompt;

@@ -71,6 +71,40 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
+/// The compute dtype used when none is configured, the same for `lavic serve` and `lavic catalog
+/// build` (its catalog's fingerprint depends on it): f32 on CPU (candle's fast path there),
+/// `None` (the checkpoint's own dtype) on a GPU.
+pub fn default_dtype(device: &Device) -> Option<DType> {
+    device.is_cpu().then_some(DType::F32)
+}
+
+/// Which encoder settings explain a fingerprint: `target` is compared with the fingerprints of
+/// `opts` under each compute dtype, with and without its vision adapter. Returns a description
+/// of the first combination that matches (e.g. `dtype bf16`, `no vision adapter, dtype f32`),
+/// or None. Reads the checkpoint's vision tensors once per combination, loads nothing.
+pub fn explain_fingerprint(opts: &LoadOptions, target: &str) -> Option<String> {
+    let adapters: Vec<Option<std::path::PathBuf>> = match &opts.vision_adapter {
+        Some(a) => vec![Some(a.clone()), None],
+        None => vec![None],
+    };
+    for adapter in &adapters {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let mut o = opts.clone();
+            o.dtype = Some(dtype);
+            o.vision_adapter = adapter.clone();
+            let Ok(opened) = open(&o) else { return None };
+            if encoder_fingerprint(&opened, &o).ok().as_deref() == Some(target) {
+                let d = format!("{dtype:?}").to_lowercase();
+                return Some(match (adapter, &opts.vision_adapter) {
+                    (None, Some(_)) => format!("no vision adapter, dtype {d}"),
+                    _ => format!("dtype {d}"),
+                });
+            }
+        }
+    }
+    None
+}
+
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {

@@ -58,6 +58,13 @@ pub const KNOWN_ENV: &[&str] = &[
     lavic_catalog::redis::ENV_USERNAME,
     lavic_catalog::redis::ENV_PASSWORD,
     lavic_catalog::redis::ENV_PASSWORD_FILE,
+    // Issue 11 (hardening).
+    "LAVIC_MAX_IMAGE_PIXELS",
+    "LAVIC_MAX_REQUEST_PIXELS",
+    "LAVIC_MAX_INFLIGHT_PIXELS",
+    "LAVIC_MAX_CONNECTIONS",
+    "LAVIC_HANDSHAKE_TIMEOUT_SECS",
+    "LAVIC_MAX_CONCURRENT_STREAMS",
 ];
 
 /// Freshness of a replica's cached catalog items when the catalog is in Redis.
@@ -171,8 +178,8 @@ pub struct Config {
     pub catalog_dir: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// Compute dtype.
-    pub dtype: DTypeName,
+    /// Compute dtype; none: f32 on CPU, the checkpoint's on CUDA (as `lavic catalog build`).
+    pub dtype: Option<DTypeName>,
     /// Most candidates per request (at least 2).
     pub max_candidates: usize,
     /// Prompt token budget (the LLaVA-v1.6 window is 4096).
@@ -240,6 +247,20 @@ pub struct Config {
     /// write (lost on restart, seen by this replica only; the response says so). Off: such writes
     /// are refused with FAILED_PRECONDITION.
     pub allow_memory_only_writes: bool,
+    // Issue 11 (hardening), kept together.
+    /// Largest image in pixels (width x height, read from its header before decoding).
+    pub max_image_pixels: u64,
+    /// Most decoded pixels of all images of one request (inline items, or upserted items).
+    pub max_request_pixels: u64,
+    /// Most decoded pixels held by all admitted requests together (beside `queue_capacity`):
+    /// beyond it RESOURCE_EXHAUSTED. At least `max_request_pixels`.
+    pub max_inflight_pixels: u64,
+    /// Most open connections per port (gRPC, metrics); beyond it new ones wait to be accepted.
+    pub max_connections: usize,
+    /// A new connection must start talking (HTTP/2 preface, HTTP/1 request) within this time.
+    pub handshake_timeout_secs: u64,
+    /// Most concurrent streams (calls) per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Config {
@@ -253,14 +274,17 @@ impl Default for Config {
             lm_adapter: None,
             catalog_dir: None,
             device: "cpu".into(),
-            dtype: DTypeName::F32,
+            dtype: None,
             max_candidates: 20,
             max_prompt_tokens: 4096,
             overlong_policy: OverlongPolicy::Shorten,
             unknown_ids: UnknownIds::Reject,
             max_context_bytes: 64 << 10,
-            max_image_bytes: 8 << 20,
-            max_message_bytes: 64 << 20,
+            // 2 MiB per image; a message fits 20 inline images of that size plus the dialogue:
+            // 20 x 2 MiB + 64 KiB + 1 MiB for ids, titles and framing (issue 11: it was 64 MiB,
+            // and 1,024 streams per connection).
+            max_image_bytes: 2 << 20,
+            max_message_bytes: 20 * (2 << 20) + (64 << 10) + (1 << 20),
             queue_capacity: 64,
             max_batch: 1,
             workers: 1,
@@ -284,6 +308,12 @@ impl Default for Config {
             redis_ca_file: None,
             catalog_outage_secs: 10,
             allow_memory_only_writes: false,
+            max_image_pixels: 16_777_216,
+            max_request_pixels: 33_554_432,
+            max_inflight_pixels: 134_217_728,
+            max_connections: 1024,
+            handshake_timeout_secs: 10,
+            max_concurrent_streams: 32,
         }
     }
 }
@@ -319,7 +349,7 @@ pub struct ServeArgs {
     /// cpu, cuda or cuda:N [default: cpu].
     #[arg(long, env = "LAVIC_DEVICE")]
     pub device: Option<String>,
-    /// Compute dtype [default: f32].
+    /// Compute dtype [default: f32 on CPU, the checkpoint's on CUDA, as `lavic catalog build`].
     #[arg(long, env = "LAVIC_DTYPE", value_enum)]
     pub dtype: Option<DTypeName>,
     /// Most candidates per request [default: 20].
@@ -337,10 +367,10 @@ pub struct ServeArgs {
     /// Largest dialogue in bytes [default: 65536].
     #[arg(long, env = "LAVIC_MAX_CONTEXT_BYTES")]
     pub max_context_bytes: Option<usize>,
-    /// Largest image in bytes [default: 8388608].
+    /// Largest image in bytes [default: 2097152].
     #[arg(long, env = "LAVIC_MAX_IMAGE_BYTES")]
     pub max_image_bytes: Option<usize>,
-    /// Largest gRPC message in bytes [default: 67108864].
+    /// Largest gRPC message in bytes [default: 42008576: 20 images of 2 MiB, the dialogue, 1 MiB].
     #[arg(long, env = "LAVIC_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
     /// Requests admitted at once [default: 64].
@@ -415,6 +445,25 @@ pub struct ServeArgs {
     /// Print the resolved configuration (TOML, token redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+    // Issue 11 (hardening), kept together.
+    /// Largest image in pixels, width x height [default: 16777216].
+    #[arg(long, env = "LAVIC_MAX_IMAGE_PIXELS")]
+    pub max_image_pixels: Option<u64>,
+    /// Most decoded pixels per request [default: 33554432].
+    #[arg(long, env = "LAVIC_MAX_REQUEST_PIXELS")]
+    pub max_request_pixels: Option<u64>,
+    /// Most decoded pixels held by admitted requests together [default: 134217728].
+    #[arg(long, env = "LAVIC_MAX_INFLIGHT_PIXELS")]
+    pub max_inflight_pixels: Option<u64>,
+    /// Most open connections per port [default: 1024].
+    #[arg(long, env = "LAVIC_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection has to start talking [default: 10].
+    #[arg(long, env = "LAVIC_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Most concurrent calls per HTTP/2 connection [default: 32].
+    #[arg(long, env = "LAVIC_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Config {
@@ -432,6 +481,7 @@ impl Config {
         set!(workers, batch_window_ms, request_timeout_secs, shutdown_grace_secs, log_format, log);
         set!(redis_key_prefix, redis_consistency, redis_cache_bytes, redis_cache_ttl_secs, redis_timeout_ms);
         set!(redis_wait_replicas, redis_wait_timeout_ms, catalog_outage_secs);
+        set!(max_image_pixels, max_request_pixels, max_inflight_pixels, max_connections, handshake_timeout_secs, max_concurrent_streams);
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = Some(v.clone()); } )* };
         }
@@ -441,7 +491,9 @@ impl Config {
             c.allow_memory_only_writes = true;
         }
         if let Some(t) = &args.catalog_token {
-            c.catalog_token = (!t.is_empty()).then(|| Secret(t.clone()));
+            // Empty or not, a token given is a token: `validate` refuses an empty one, as it
+            // does for the TOML file (issue 11: "" must never mean "anyone may write").
+            c.catalog_token = Some(Secret(t.clone()));
         }
         if args.no_warmup {
             c.warmup = false;
@@ -499,6 +551,7 @@ impl Config {
             }
             self.redis_settings(lavic_catalog::RedisCredentials::default())?;
         }
+        self.validate_issue11()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return bad(format!("log filter {:?} is invalid", self.log));
         }
@@ -552,6 +605,61 @@ impl Config {
     pub fn is_demo(&self) -> bool {
         self.model_dir.is_none()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening settings and checks (issue 11), kept together.
+
+impl Config {
+    /// The checks added for issue 11: the catalog token, ...
+    fn validate_issue11(&self) -> Result<()> {
+        if let Some(token) = &self.catalog_token {
+            check_token(&token.0)?;
+        }
+        let bad = |m: String| Err(Error::Config(m));
+        for (name, v) in [
+            ("max_image_pixels", self.max_image_pixels),
+            ("max_request_pixels", self.max_request_pixels),
+            ("max_inflight_pixels", self.max_inflight_pixels),
+            ("max_connections", self.max_connections as u64),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.max_request_pixels < self.max_image_pixels {
+            return bad(format!(
+                "max_request_pixels ({}) is below max_image_pixels ({}): one image could never be sent",
+                self.max_request_pixels, self.max_image_pixels
+            ));
+        }
+        if self.max_inflight_pixels < self.max_request_pixels {
+            return bad(format!(
+                "max_inflight_pixels ({}) is below max_request_pixels ({}): such a request could never be admitted",
+                self.max_inflight_pixels, self.max_request_pixels
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A catalog token must be usable as a bearer token: an empty one is a configuration error from
+/// every source (TOML, `LAVIC_CATALOG_TOKEN`, `--catalog-token`): to refuse catalog changes,
+/// leave the token unset.
+fn check_token(token: &str) -> Result<()> {
+    if token.trim().is_empty() {
+        return Err(Error::Config(
+            "catalog_token (LAVIC_CATALOG_TOKEN, --catalog-token) is empty: leave it unset to refuse catalog changes, or set a secret".into(),
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Config(
+            "catalog_token (LAVIC_CATALOG_TOKEN, --catalog-token) must be printable ASCII without spaces (it travels in the authorization header)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `LAVIC_*` variables in `vars` that `lavic serve` does not know (to warn about).
@@ -617,6 +725,21 @@ mod tests {
         assert!(err.contains("catalog_url"), "{err}");
         let err = Config::resolve(&ServeArgs { catalog_outage_secs: Some(0), ..ok }).unwrap_err().to_string();
         assert!(err.contains("catalog_outage_secs"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_token_is_a_configuration_error_from_every_source() {
+        for bad in ["", "   ", "has space", "tab\there"] {
+            let err = Config::resolve(&ServeArgs { catalog_token: Some(bad.into()), ..Default::default() }).unwrap_err();
+            assert!(err.to_string().contains("catalog_token"), "{bad:?}: {err}");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("lavic.toml");
+            std::fs::write(&path, format!("catalog_token = {bad:?}\n")).unwrap();
+            let err = Config::resolve(&ServeArgs { config: Some(path), ..Default::default() }).unwrap_err();
+            assert!(err.to_string().contains("catalog_token"), "{bad:?}: {err}");
+        }
+        let c = Config::resolve(&ServeArgs { catalog_token: Some("s3cret".into()), ..Default::default() }).unwrap();
+        assert_eq!(c.catalog_token, Some(Secret("s3cret".into())));
     }
 
     #[test]

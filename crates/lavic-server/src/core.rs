@@ -58,6 +58,32 @@ impl RequestId for proto::UpsertItemsRequest {}
 impl RequestId for proto::GetItemRequest {}
 impl RequestId for proto::DeleteItemsRequest {}
 
+/// Longest request id kept, in characters (after escaping).
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// A caller's request id made safe to log and echo: control characters (newlines, ANSI
+/// escapes), line and paragraph separators and bidirectional/invisible formatting characters
+/// are escaped (`\n`, `\u{1b}`), and the result is cut to [`MAX_REQUEST_ID_CHARS`]: a request
+/// id can never start a forged log line or recolour a terminal.
+pub fn clean_request_id(id: &str) -> String {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    let mut out = String::new();
+    for c in id.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.chars().count() >= MAX_REQUEST_ID_CHARS {
+            break;
+        }
+    }
+    out.chars().take(MAX_REQUEST_ID_CHARS).collect()
+}
+
 /// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     if !v.is_ascii() {
@@ -96,6 +122,8 @@ pub struct Core {
     draining: AtomicBool,
     next_id: AtomicU64,
     id_prefix: String,
+    /// Test hook: holds every image decoding before it starts (None in production).
+    pub decode_gate: Option<crate::queue::Gate>,
 }
 
 impl Core {
@@ -112,6 +140,7 @@ impl Core {
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}-{:x}", std::process::id(), t),
+            decode_gate: None,
         }
     }
 
@@ -197,9 +226,9 @@ impl Core {
             .map(|d| d.saturating_sub(DEADLINE_MARGIN.min(d / 10)));
         let deadline = arrival + client.map_or(server_max, |c| c.min(server_max));
         let request_id = if !request_id.is_empty() {
-            request_id.chars().take(128).collect()
-        } else if let Some(h) = request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()) {
-            h.chars().take(128).collect()
+            clean_request_id(request_id)
+        } else if let Some(h) = request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|h| !h.is_empty()) {
+            clean_request_id(h)
         } else {
             format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed))
         };
@@ -261,17 +290,26 @@ impl Core {
     }
 
     async fn recommend_with(&self, engine: &Arc<Engine>, call: &Call, request: Validated) -> Result<Outcome> {
-        let admission = self.queue.admit()?;
-        let request: Decoded = if request.has_images() {
+        let admission = self.queue.admit(request.image_pixels)?;
+        let (request, admission): (Decoded, _) = if request.has_images() {
             let e = engine.clone();
-            let decode = tokio::task::spawn_blocking(move || decode_images(request, &e.model.encoder));
+            let gate = self.decode_gate.clone();
+            // The slot goes into the decoding task and comes back with its result: a caller
+            // whose deadline passes stops waiting, but the slot (and its pixel budget) stays
+            // taken until the decoding has really stopped.
+            let decode = tokio::task::spawn_blocking(move || {
+                if let Some(g) = gate {
+                    g.pass();
+                }
+                (decode_images(request, &e.model.encoder), admission)
+            });
             match tokio::time::timeout_at(call.deadline.into(), decode).await {
                 Err(_) => return Err(Error::DeadlineExceeded(call.arrival.elapsed())),
                 Ok(Err(join)) => return Err(Error::Internal(format!("image decoding task failed: {join}"))),
-                Ok(Ok(r)) => r?,
+                Ok(Ok((r, admission))) => (r?, admission),
             }
         } else {
-            decode_images(request, &engine.model.encoder)?
+            (decode_images(request, &engine.model.encoder)?, admission)
         };
         let (reply, answer) = oneshot::channel();
         let job = RecommendJob {
@@ -289,7 +327,8 @@ impl Core {
     /// Encodes and stores catalog items on a model worker.
     pub async fn upsert(&self, call: &Call, items: Vec<lavic_catalog::NewItem>) -> Result<lavic_catalog::UpsertReport> {
         self.engine()?;
-        let admission = self.queue.admit()?;
+        let pixels = items.iter().filter_map(|it| it.image.as_deref()).map(crate::validation::image_pixels).sum();
+        let admission = self.queue.admit(pixels)?;
         let (reply, answer) = oneshot::channel();
         let job = UpsertJob { span: tracing::Span::current(), items, deadline: call.deadline, reply, admission };
         self.queue.submit(Work::Upsert(job))?;
@@ -309,6 +348,17 @@ async fn await_answer<T>(call: &Call, answer: oneshot::Receiver<Result<T>>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_escaped_and_bounded() {
+        assert_eq!(clean_request_id("abc-123_X.y"), "abc-123_X.y");
+        assert_eq!(clean_request_id("x\n2099 ERROR"), "x\\n2099 ERROR");
+        assert_eq!(clean_request_id("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(clean_request_id("a\u{202e}b\rc"), "a\\u{202e}b\\rc");
+        assert_eq!(clean_request_id("äöü"), "äöü");
+        assert_eq!(clean_request_id(&"x".repeat(500)).chars().count(), MAX_REQUEST_ID_CHARS);
+        assert_eq!(clean_request_id(&"\n".repeat(500)).chars().count(), MAX_REQUEST_ID_CHARS);
+    }
 
     #[test]
     fn grpc_timeouts_parse() {

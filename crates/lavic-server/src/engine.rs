@@ -58,6 +58,35 @@ impl DemoModel {
     }
 }
 
+/// `f32`, `f16`, `bf16` (candle's name otherwise).
+fn dtype_name(d: candle_core::DType) -> String {
+    match d {
+        candle_core::DType::F32 => "f32".into(),
+        candle_core::DType::F16 => "f16".into(),
+        candle_core::DType::BF16 => "bf16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// A catalog refused for its fingerprint: says which setting of this model would match it
+/// (dtype, vision adapter), so the operator knows what to change.
+fn explain_mismatch(e: Error, opts: &LoadOptions) -> Error {
+    let Error::Catalog(lavic_catalog::Error::FingerprintMismatch { catalog, .. }) = &e else { return e };
+    let ours = format!(
+        "dtype {}{}",
+        opts.dtype.map(dtype_name).unwrap_or_else(|| "of the checkpoint".into()),
+        if opts.vision_adapter.is_some() { ", with the vision adapter" } else { ", no vision adapter" }
+    );
+    match lavic_model::explain_fingerprint(opts, catalog) {
+        Some(theirs) => Error::Startup(format!(
+            "{e}. The setting that differs: the catalog was built with {theirs}, this server runs {ours}; serve with the catalog's setting (LAVIC_DTYPE / LAVIC_VISION_ADAPTER) or rebuild the catalog with the server's"
+        )),
+        None => Error::Startup(format!(
+            "{e}. No dtype or vision-adapter setting of this model gives the catalog's fingerprint (this server runs {ours}): the catalog comes from other vision weights or preprocessing"
+        )),
+    }
+}
+
 /// The model's answer to one request, with the candidates that used the fallback.
 #[derive(Debug)]
 pub struct Answer {
@@ -127,15 +156,18 @@ impl Engine {
                 o
             }
         };
-        opts.dtype = Some(config.dtype.dtype());
+        // No dtype configured: the default `lavic catalog build` uses too (f32 on CPU, the
+        // checkpoint's on CUDA), so catalogs built and served with the defaults match.
+        opts.dtype = config.dtype.map(|d| d.dtype()).or_else(|| lavic_model::default_dtype(&device));
         opts.device = device;
         opts.decode_limits.max_bytes = config.max_image_bytes;
+        opts.decode_limits.max_pixels = config.max_image_pixels;
         let t = Instant::now();
         let model = LavicModel::load(&opts)?;
         tracing::info!(model = %opts.model_dir.display(), secs = t.elapsed().as_secs_f32(), "model loaded");
         let items_gauge = metrics.catalog_items.clone();
         let store = match (&config.catalog_dir, config.redis_config()?) {
-            (Some(dir), _) => Store::open(dir, &model.encoder, items_gauge, config.allow_memory_only_writes)?,
+            (Some(dir), _) => Store::open(dir, &model.encoder, items_gauge, config.allow_memory_only_writes).map_err(|e| explain_mismatch(e, &opts))?,
             (None, Some(redis)) => Store::open_redis(&redis, &model.encoder, items_gauge, metrics.store.clone())?,
             (None, None) => Store::demo(&model.encoder, items_gauge)?,
         };
@@ -146,7 +178,7 @@ impl Engine {
             tokenizer: opts.tokenizer.clone().unwrap_or_else(|| opts.model_dir.join("tokenizer.json")).display().to_string(),
             vision_adapter: path(&opts.vision_adapter),
             lm_adapter: path(&opts.lm_adapter),
-            dtype: config.dtype.as_str().into(),
+            dtype: dtype_name(model.encoder.dtype()).into(),
             device: config.device.clone(),
             encoder_fingerprint: model.encoder.fingerprint().to_string(),
             catalog_dir: store.describe(),

@@ -38,6 +38,16 @@ pub enum Error {
     /// The admission limit is reached (queue full).
     #[error("server overloaded: {0} requests already admitted; retry with backoff")]
     Overloaded(usize),
+    /// The decoded-pixel budget of admitted requests (`max_inflight_pixels`) is taken.
+    #[error("server overloaded: admitted requests hold {held} of the {budget} decoded image pixels allowed (max_inflight_pixels), this one needs {wanted}; retry with backoff")]
+    OverPixelBudget {
+        /// Pixels held by admitted requests when this one came.
+        held: u64,
+        /// Pixels this request needs.
+        wanted: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// The model and catalog are still loading (or warming up).
     #[error("the model is still loading")]
     NotReady,
@@ -102,7 +112,7 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } | Error::Refused { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::Overloaded(_) | Error::OverPixelBudget { .. } => Code::ResourceExhausted,
             Error::NotReady | Error::Draining => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled => Code::Cancelled,
@@ -121,15 +131,36 @@ impl Error {
     }
 }
 
-/// The status of a catalog failure: whether retrying can help (UNAVAILABLE), what would have to
-/// change first (FAILED_PRECONDITION), lost data (DATA_LOSS), or our failure (INTERNAL).
+/// The status of a catalog failure, as gRPC's status guide reads: INTERNAL only for what is
+/// our bug; a full disk is RESOURCE_EXHAUSTED, a catalog changed or locked by another process
+/// FAILED_PRECONDITION / UNAVAILABLE, corrupt data DATA_LOSS.
 fn catalog_code(e: &lavic_catalog::Error) -> tonic::Code {
     use lavic_catalog::Error as C;
     use tonic::Code;
     match e {
-        C::StoreUnavailable { .. } => Code::Unavailable,
-        C::StoreRejected { .. } => Code::FailedPrecondition,
-        C::StoreCorrupt { .. } | C::Corrupt { .. } => Code::DataLoss,
+        C::Io { source, .. } => io_code(source),
+        // Another process changed the catalog on disk: retrying the same call cannot help until
+        // the server reopens it.
+        C::Stale(_) | C::FingerprintMismatch { .. } | C::NotACatalog { .. } | C::Incompatible(_) | C::StoreRejected { .. } => {
+            Code::FailedPrecondition
+        }
+        // A build or merge holds the writer lock; an unreachable store: later may work.
+        C::Busy(_) | C::StoreUnavailable { .. } => Code::Unavailable,
+        C::Corrupt { .. } | C::StoreCorrupt { .. } => Code::DataLoss,
+        C::InvalidArgument(_) | C::Input { .. } | C::DuplicateId { .. } => Code::InvalidArgument,
+        C::Model(_) | C::Candle(_) => Code::Internal,
+    }
+}
+
+/// The status of an I/O failure: no space or quota left is RESOURCE_EXHAUSTED, a read-only or
+/// forbidden file FAILED_PRECONDITION, the rest INTERNAL.
+pub fn io_code(e: &std::io::Error) -> tonic::Code {
+    use std::io::ErrorKind;
+    use tonic::Code;
+    // ENOSPC 28, EDQUOT 122 (Linux).
+    match (e.kind(), e.raw_os_error()) {
+        (ErrorKind::StorageFull | ErrorKind::QuotaExceeded, _) | (_, Some(28 | 122)) => Code::ResourceExhausted,
+        (ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied, _) | (_, Some(30)) => Code::FailedPrecondition,
         _ => Code::Internal,
     }
 }
@@ -194,6 +225,12 @@ mod tests {
             ),
             (Error::NotFound { what: "candidate ids", ids: vec!["A".into(), "B".into()] }, Code::NotFound, "not_found", "unknown candidate ids: A, B"),
             (Error::Overloaded(4), Code::ResourceExhausted, "resource_exhausted", "server overloaded: 4 requests already admitted"),
+            (
+                Error::OverPixelBudget { held: 10, wanted: 5, budget: 12 },
+                Code::ResourceExhausted,
+                "resource_exhausted",
+                "hold 10 of the 12 decoded image pixels allowed (max_inflight_pixels), this one needs 5",
+            ),
             (Error::NotReady, Code::Unavailable, "unavailable", "still loading"),
             (Error::Draining, Code::Unavailable, "unavailable", "shutting down"),
             (Error::DeadlineExceeded(std::time::Duration::from_millis(5)), Code::DeadlineExceeded, "deadline_exceeded", "deadline exceeded after 5ms"),
@@ -201,7 +238,7 @@ mod tests {
             (Error::Unauthenticated, Code::Unauthenticated, "unauthenticated", "bearer token"),
             (Error::PermissionDenied("disabled".into()), Code::PermissionDenied, "permission_denied", "disabled"),
             (Error::Model(lavic_model::Error::Input("bad shape".into())), Code::Internal, "internal", "model: invalid input: bad shape"),
-            (Error::Catalog(lavic_catalog::Error::Busy("/cat".into())), Code::Internal, "internal", "catalog: catalog /cat is locked"),
+            (Error::Catalog(lavic_catalog::Error::Busy("/cat".into())), Code::Unavailable, "unavailable", "catalog: catalog /cat is locked"),
             (
                 Error::NotDurable("the catalog folder /c is not writable".into()),
                 Code::FailedPrecondition,
@@ -221,18 +258,19 @@ mod tests {
             Error::Refused { .. } => 1,
             Error::NotFound { .. } => 2,
             Error::Overloaded(_) => 3,
-            Error::NotReady => 4,
-            Error::Draining => 5,
-            Error::DeadlineExceeded(_) => 6,
-            Error::Cancelled => 7,
-            Error::Unauthenticated => 8,
-            Error::PermissionDenied(_) => 9,
-            Error::Model(_) => 10,
-            Error::Catalog(_) => 11,
-            Error::NotDurable(_) => 12,
-            Error::Config(_) => 13,
-            Error::Startup(_) => 14,
-            Error::Internal(_) => 15,
+            Error::OverPixelBudget { .. } => 4,
+            Error::NotReady => 5,
+            Error::Draining => 6,
+            Error::DeadlineExceeded(_) => 7,
+            Error::Cancelled => 8,
+            Error::Unauthenticated => 9,
+            Error::PermissionDenied(_) => 10,
+            Error::Model(_) => 11,
+            Error::Catalog(_) => 12,
+            Error::NotDurable(_) => 13,
+            Error::Config(_) => 14,
+            Error::Startup(_) => 15,
+            Error::Internal(_) => 16,
         }
     }
 
@@ -268,6 +306,21 @@ mod tests {
             let status = tonic::Status::from(e);
             assert!(status.message().contains(&store), "the message names the store: {}", status.message());
         }
+    }
+
+    #[test]
+    fn catalog_failures_that_retrying_cannot_fix_are_not_internal() {
+        let io = |e: std::io::Error| Error::Catalog(lavic_catalog::Error::Io { path: "/cat/delta.log".into(), source: e });
+        let full = io(std::io::Error::from_raw_os_error(28));
+        assert_eq!((full.code(), full.kind()), (Code::ResourceExhausted, "resource_exhausted"));
+        assert!(full.to_string().contains("/cat/delta.log"), "{full}");
+        assert_eq!(io(std::io::Error::from_raw_os_error(122)).code(), Code::ResourceExhausted, "quota");
+        assert_eq!(io(std::io::Error::from_raw_os_error(30)).code(), Code::FailedPrecondition, "read-only file system");
+        assert_eq!(io(std::io::Error::from_raw_os_error(5)).code(), Code::Internal, "EIO stays ours");
+        let stale = Error::Catalog(lavic_catalog::Error::Stale("/cat".into()));
+        assert_eq!(stale.code(), Code::FailedPrecondition);
+        let corrupt = Error::Catalog(lavic_catalog::Error::Corrupt { path: "/cat/x".into(), detail: "crc".into() });
+        assert_eq!(corrupt.code(), Code::DataLoss);
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! - [`metrics`] + [`store_metrics`]: Prometheus on a separate port; [`client`]: the CLI's gRPC client commands.
 
 pub mod client;
+pub mod codec;
 pub mod config;
+pub mod conn;
 pub mod core;
 pub mod decode;
 pub mod engine;

@@ -149,7 +149,7 @@ impl Default for Metrics {
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
+    listener: crate::conn::MetricsListener,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

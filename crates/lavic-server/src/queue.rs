@@ -135,11 +135,18 @@ impl Work {
     }
 }
 
-/// An admitted request's slot: counted in `lavic_inflight_requests` until dropped.
+/// An admitted request's slot: counted in `lavic_inflight_requests` until dropped. It travels
+/// with the work itself (into the image decoding task, then the queued job), so it is given
+/// back only once the work has really stopped, never when a caller merely stops waiting.
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
+    /// The decoded pixels this request may hold (in [`PIXEL_UNIT`]s), if it has images.
+    _pixels: Option<OwnedSemaphorePermit>,
     metrics: Arc<Metrics>,
 }
+
+/// Pixels per permit of the pixel budget (a semaphore counts in u32 steps).
+pub const PIXEL_UNIT: u64 = 1024;
 
 impl Drop for Admission {
     fn drop(&mut self) {
@@ -157,6 +164,9 @@ pub struct Queue {
     /// One permit per admitted request (queued or running); `try_acquire` sheds the excess.
     permits: Arc<Semaphore>,
     capacity: usize,
+    /// The decoded-pixel budget of all admitted requests, in [`PIXEL_UNIT`]s.
+    pixels: Arc<Semaphore>,
+    pixel_budget: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -206,15 +216,44 @@ impl Queue {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, Jobs) {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
         let jobs = Jobs { rx: Arc::new(Mutex::new(rx)), metrics: metrics.clone() };
-        let q = Self { tx: Mutex::new(Some(tx)), permits: Arc::new(Semaphore::new(capacity)), capacity, metrics };
+        let pixel_budget = u64::from(u32::MAX) * PIXEL_UNIT;
+        let q = Self {
+            tx: Mutex::new(Some(tx)),
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            pixels: Arc::new(Semaphore::new(u32::MAX as usize)),
+            pixel_budget,
+            metrics,
+        };
         (q, jobs)
     }
 
-    /// Admits one request or refuses with RESOURCE_EXHAUSTED.
-    pub fn admit(&self) -> Result<Admission> {
+    /// The same queue with a budget of `pixels` decoded pixels for all admitted work together.
+    pub fn with_pixel_budget(mut self, pixels: u64) -> Self {
+        let units = pixels.div_ceil(PIXEL_UNIT).clamp(1, u64::from(u32::MAX));
+        self.pixels = Arc::new(Semaphore::new(units as usize));
+        self.pixel_budget = units * PIXEL_UNIT;
+        self
+    }
+
+    /// Admits one request that will hold `pixels` decoded pixels (0: no images), or refuses
+    /// with RESOURCE_EXHAUSTED when `capacity` requests, or the pixel budget, are taken.
+    pub fn admit(&self, pixels: u64) -> Result<Admission> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| Error::Overloaded(self.capacity))?;
+        let pixels = match pixels {
+            0 => None,
+            px => {
+                let units = u32::try_from(px.div_ceil(PIXEL_UNIT)).unwrap_or(u32::MAX);
+                let held = self.pixel_budget - self.pixels.available_permits() as u64 * PIXEL_UNIT;
+                Some(self.pixels.clone().try_acquire_many_owned(units).map_err(|_| Error::OverPixelBudget {
+                    held,
+                    wanted: px,
+                    budget: self.pixel_budget,
+                })?)
+            }
+        };
         self.metrics.inflight.inc();
-        Ok(Admission { _permit: permit, metrics: self.metrics.clone() })
+        Ok(Admission { _permit: permit, _pixels: pixels, metrics: self.metrics.clone() })
     }
 
     /// Hands admitted work to the workers.
@@ -338,23 +377,39 @@ mod tests {
     fn admission_sheds_beyond_capacity_and_frees_on_drop() {
         let metrics = Arc::new(Metrics::new());
         let (q, _rx) = Queue::new(2, metrics.clone());
-        let a = q.admit().unwrap();
-        let _b = q.admit().unwrap();
-        assert!(matches!(q.admit(), Err(Error::Overloaded(2))));
+        let a = q.admit(0).unwrap();
+        let _b = q.admit(0).unwrap();
+        assert!(matches!(q.admit(0), Err(Error::Overloaded(2))));
         assert_eq!(metrics.inflight.get(), 2);
         drop(a);
-        assert!(q.admit().is_ok());
+        assert!(q.admit(0).is_ok());
+    }
+
+    #[test]
+    fn the_pixel_budget_sheds_beside_the_request_count() {
+        let metrics = Arc::new(Metrics::new());
+        let (q, _rx) = Queue::new(8, metrics.clone());
+        let q = q.with_pixel_budget(10 * PIXEL_UNIT);
+        let a = q.admit(6 * PIXEL_UNIT).unwrap();
+        let err = q.admit(5 * PIXEL_UNIT).err().expect("over the pixel budget");
+        assert!(matches!(err, Error::OverPixelBudget { held, budget, .. } if held == 6 * PIXEL_UNIT && budget == 10 * PIXEL_UNIT), "{err:?}");
+        assert_eq!(metrics.inflight.get(), 1, "a refused request is not counted");
+        assert_eq!(q.admitted(), 1, "a refused request gives its slot back");
+        let _b = q.admit(4 * PIXEL_UNIT).unwrap();
+        let _c = q.admit(0).unwrap();
+        drop(a);
+        assert!(q.admit(6 * PIXEL_UNIT).is_ok());
     }
 
     #[tokio::test]
     async fn the_drain_waits_for_the_last_slot_and_gives_up_at_its_deadline() {
         let (q, _jobs) = Queue::new(3, Arc::new(Metrics::new()));
         assert!(q.drained(Instant::now()).await, "nothing admitted: drained at once");
-        let held = q.admit().unwrap();
+        let held = q.admit(0).unwrap();
         let t = Instant::now();
         assert!(!q.drained(t + Duration::from_millis(50)).await, "a held slot keeps the drain waiting");
         assert!(t.elapsed() >= Duration::from_millis(50));
-        assert!(q.admit().is_ok(), "a drain that gave up takes no slot");
+        assert!(q.admit(0).is_ok(), "a drain that gave up takes no slot");
         let release = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             drop(held);

@@ -17,12 +17,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::Config;
+use crate::conn::{ConnLimits, MetricsListener};
 use crate::core::{Arrival, Core};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -60,6 +60,8 @@ impl Listeners {
 pub struct Hooks {
     /// Holds every batch (the warm-up's included) until opened.
     pub gate: Option<Gate>,
+    /// Holds every inline-image decoding before it starts, until opened.
+    pub decode_gate: Option<Gate>,
 }
 
 /// Removes the demo catalog's temporary folder when [`serve`] returns, however it returns (as
@@ -86,7 +88,7 @@ fn grpc_server(
     config: &Config,
     core: Arc<Core>,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    incoming: TcpIncoming,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<crate::conn::Guarded>> + Send + 'static,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<impl Future<Output = std::result::Result<(), tonic::transport::Error>> + Send> {
     let mut server = Server::builder();
@@ -95,7 +97,7 @@ fn grpc_server(
         let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::Startup(format!("cannot read {}: {e}", p.display())));
         let identity = Identity::from_pem(read(cert)?, read(key)?);
         server = server
-            .tls_config(ServerTlsConfig::new().identity(identity))
+            .tls_config(ServerTlsConfig::new().identity(identity).timeout(Duration::from_secs(config.handshake_timeout_secs)))
             .map_err(|e| Error::Startup(format!("TLS configuration: {e}")))?;
     }
     let limit = config.max_message_bytes;
@@ -131,8 +133,12 @@ fn grpc_server(
         // Dead-peer detection on idle connections (HTTP/2 PING every 30 s, 10 s to answer).
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // Bound the streams one connection may open; admission bounds the model work itself.
-        .max_concurrent_streams(Some(1024))
+        // Bound the streams one connection may open (each may buffer a message of up to
+        // max_message_bytes); admission bounds the model work itself.
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        // Bound the whole call, request body arrival included (a client that sends part of a
+        // message and stalls), a second after our own deadline so that ours answers first.
+        .timeout(Duration::from_secs(config.request_timeout_secs + 1))
         // First layer: stamp each call's arrival so deadlines count from it, not from when its
         // body was decoded.
         .layer(tonic::service::InterceptorLayer::new(stamp_arrival as fn(_) -> _))
@@ -162,7 +168,10 @@ pub async fn serve(
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let (queue, jobs) = Queue::new(config.queue_capacity, metrics.clone());
-    let core = Arc::new(Core::new(config.clone(), queue, metrics.clone()));
+    let queue = queue.with_pixel_budget(config.max_inflight_pixels);
+    let mut core = Core::new(config.clone(), queue, metrics.clone());
+    core.decode_gate = hooks.decode_gate.clone();
+    let core = Arc::new(core);
     let _cleanup = CatalogCleanup(core.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -173,14 +182,33 @@ pub async fn serve(
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     let metrics_task = listeners.metrics.map(|l| {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
-        tokio::spawn(serve_metrics(l, metrics.clone(), async move {
-            let _ = metrics_stopped.await;
-        }))
+        let limits = ConnLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            first_bytes: 1,
+            idle_timeout: Some(Duration::from_secs(config.handshake_timeout_secs)),
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let listener = MetricsListener::new(l, limits)?;
+            serve_metrics(listener, metrics, async move {
+                let _ = metrics_stopped.await;
+            })
+            .await
+        })
     });
 
     let grpc_addr = listeners.grpc.local_addr().map_err(|e| Error::Startup(e.to_string()))?;
     let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let incoming = crate::conn::incoming(
+        listeners.grpc,
+        ConnLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            first_bytes: crate::conn::HTTP2_PREFACE_BYTES,
+            idle_timeout: None,
+        },
+    );
     let grpc = grpc_server(&config, core.clone(), health_service, incoming, async move {
         let _ = grpc_stopped.await;
     })?;

@@ -34,6 +34,10 @@ pub struct Limits {
     pub max_image_bytes: usize,
     /// Policy when the request does not choose one.
     pub unknown_ids: UnknownIds,
+    /// Largest image in pixels (from its header).
+    pub max_image_pixels: u64,
+    /// Most pixels of all images of one request.
+    pub max_request_pixels: u64,
 }
 
 impl From<&Config> for Limits {
@@ -43,6 +47,8 @@ impl From<&Config> for Limits {
             max_context_bytes: c.max_context_bytes,
             max_image_bytes: c.max_image_bytes,
             unknown_ids: c.unknown_ids,
+            max_image_pixels: c.max_image_pixels,
+            max_request_pixels: c.max_request_pixels,
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct ValidRequest<I> {
     pub unknown_ids: UnknownIds,
     /// Which field held the dialogue (`context` or `turns`), for error messages.
     pub dialogue_field: &'static str,
+    /// Pixels of all inline images (from their headers): what decoding them will hold.
+    pub image_pixels: u64,
 }
 
 /// A validated request: inline images are still encoded bytes (size-checked only).
@@ -123,6 +131,7 @@ impl<I> ValidRequest<I> {
             include_scores: self.include_scores,
             unknown_ids: self.unknown_ids,
             dialogue_field: self.dialogue_field,
+            image_pixels: self.image_pixels,
         })
     }
 }
@@ -179,6 +188,41 @@ pub fn check_item(at: &str, id: &str, title: &str, image_bytes: usize, limits: &
     Ok(())
 }
 
+/// Pixels of an encoded image from its header (0 when unreadable: decoding then fails before
+/// allocating anything).
+pub fn image_pixels(bytes: &[u8]) -> u64 {
+    lavic_model::anyres::image_dimensions(bytes).map_or(0, |(w, h)| w as u64 * h as u64)
+}
+
+/// Adds up the decoded size of a request's images from their headers, before anything is
+/// decoded: each image within `max_image_pixels`, all of them within `max_request_pixels`
+/// (decompression bombs: a small PNG can declare 16384 x 10922 pixels). `images` are
+/// `(field, bytes)`; returns the total.
+pub fn check_pixels<'a>(images: impl IntoIterator<Item = (String, &'a [u8])>, limits: &Limits) -> Result<u64> {
+    let mut total = 0u64;
+    for (field, bytes) in images {
+        let Some((w, h)) = lavic_model::anyres::image_dimensions(bytes) else { continue };
+        let px = w as u64 * h as u64;
+        if px > limits.max_image_pixels {
+            return Err(Error::invalid(
+                field,
+                format!("image is {w}x{h} ({px} pixels), over the limit of {} pixels (max_image_pixels)", limits.max_image_pixels),
+            ));
+        }
+        total += px;
+        if total > limits.max_request_pixels {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "the request's images come to {total} pixels or more, over the limit of {} pixels per request (max_request_pixels)",
+                    limits.max_request_pixels
+                ),
+            ));
+        }
+    }
+    Ok(total)
+}
+
 /// The ids of one list seen so far, with their positions: the first repeat is refused.
 #[derive(Default)]
 struct Seen<'a>(HashMap<&'a str, usize>);
@@ -226,8 +270,13 @@ pub fn recommend(req: proto::RecommendRequest, limits: &Limits) -> Result<Valida
         Ok(proto::UnknownIdPolicy::Fallback) => UnknownIds::Fallback,
         Err(_) => return Err(Error::invalid("unknown_id_policy", format!("unknown policy {}", req.unknown_id_policy))),
     };
+    let image_pixels = check_pixels(
+        req.inline_items.iter().enumerate().filter(|(_, it)| !it.image.is_empty()).map(|(i, it)| (format!("inline_items[{i}].image"), it.image.as_slice())),
+        limits,
+    );
     let candidates = candidates(req.candidate_ids, req.inline_items, limits)?;
-    Ok(ValidRequest { context, candidates, mode, include_scores: req.include_scores, unknown_ids, dialogue_field })
+    let image_pixels = image_pixels?;
+    Ok(ValidRequest { context, candidates, mode, include_scores: req.include_scores, unknown_ids, dialogue_field, image_pixels })
 }
 
 /// The dialogue as the reference's context text, and the field it came in.
@@ -323,6 +372,10 @@ pub fn upsert_items(req: proto::UpsertItemsRequest, limits: &Limits) -> Result<V
         check_item(&format!("items[{i}]"), &it.id, &it.title, it.image.len(), limits)?;
         seen.add(&it.id, i, || format!("items[{i}].id"))?;
     }
+    check_pixels(
+        req.items.iter().enumerate().filter(|(_, it)| !it.image.is_empty()).map(|(i, it)| (format!("items[{i}].image"), it.image.as_slice())),
+        limits,
+    )?;
     req.items
         .into_iter()
         .enumerate()
@@ -367,7 +420,14 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { max_candidates: 4, max_context_bytes: 200, max_image_bytes: 10, unknown_ids: UnknownIds::Reject }
+        Limits {
+            max_candidates: 4,
+            max_context_bytes: 200,
+            max_image_bytes: 10,
+            unknown_ids: UnknownIds::Reject,
+            max_image_pixels: 1 << 24,
+            max_request_pixels: 1 << 25,
+        }
     }
 
     fn req(ids: &[&str]) -> proto::RecommendRequest {

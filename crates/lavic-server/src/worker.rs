@@ -186,7 +186,7 @@ mod tests {
     }
 
     fn request(ids: &[&str]) -> Decoded {
-        let limits = Limits { max_candidates: 20, max_context_bytes: 1000, max_image_bytes: 10, unknown_ids: Default::default() };
+        let limits = Limits { max_candidates: 20, max_context_bytes: 1000, max_image_bytes: 10, unknown_ids: Default::default(), max_image_pixels: 1 << 24, max_request_pixels: 1 << 25 };
         let msg = crate::proto::RecommendRequest {
             dialogue: Some(crate::proto::recommend_request::Dialogue::Context("<submission>hi</submission>\n".into())),
             candidate_ids: ids.iter().map(|s| s.to_string()).collect(),
@@ -204,7 +204,7 @@ mod tests {
             deadline,
             enqueued: Instant::now(),
             reply,
-            admission: q.admit().unwrap(),
+            admission: q.admit(0).unwrap(),
         };
         q.submit(Work::Recommend(job)).unwrap();
         answer
@@ -271,7 +271,7 @@ mod tests {
         let mut live = submit(&q, "LIVE", later());
         let (reply, _upsert_answer) = oneshot::channel();
         let item = lavic_catalog::NewItem { id: "UP".into(), title: String::new(), image: None, metadata: serde_json::json!({}) };
-        let upsert = UpsertJob { span: tracing::Span::none(), items: vec![item], deadline: later(), reply, admission: q.admit().unwrap() };
+        let upsert = UpsertJob { span: tracing::Span::none(), items: vec![item], deadline: later(), reply, admission: q.admit(0).unwrap() };
         q.submit(Work::Upsert(upsert)).unwrap();
         assert_eq!(q.admitted(), 4);
 
