@@ -1,8 +1,10 @@
 //! The `lavic` binary: `serve` (the gRPC server), `healthcheck` (exit 0 iff SERVING),
 //! `recommend` (a client to try it), `catalog ...` (build and manage item catalogs), `eval`
-//! (HR@1 / VR of a model on a Reddit-Amazon conversation file) and `prompt` (the exact prompts).
+//! (HR@1 / VR of a model on a Reddit-Amazon conversation file), `prompt` (the exact prompts) and
+//! `dev ...` (real-size random checkpoints and probes).
 
 mod dataset;
+mod dev;
 mod eval;
 mod eval_metrics;
 mod progress;
@@ -41,6 +43,12 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Print the exact recommendation prompt of each conversation as JSON lines.
     Prompt(prompt_cmd::PromptArgs),
+    /// Developer tools: real-size random checkpoints, load/latency probes, synthetic catalogs.
+    Dev {
+        /// What to do.
+        #[command(subcommand)]
+        command: dev::DevCommand,
+    },
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -102,6 +110,10 @@ fn main() -> std::process::ExitCode {
             eval::run(&args).map(|_| ())
         }
         Command::Prompt(args) => prompt_cmd::run(&args),
+        Command::Dev { command } => {
+            init_logging(LogFormat::Text, &std::env::var("LAVIC_LOG").unwrap_or_else(|_| "warn".into()));
+            dev::run(command)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

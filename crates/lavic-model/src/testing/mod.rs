@@ -3,6 +3,12 @@
 //! stream is dominated by the current token, and lm_head rows point each token of the answer at
 //! the next one (the answer ends with `\n`, as a trained model's would). Lets tests exercise both
 //! the valid and the invalid branch of the validity flag with real model code.
+//!
+//! [`realsize`]: a random-weight checkpoint with the exact config, tensor names, shapes and dtype
+//! of llava-v1.6-mistral-7b-hf / llava-v1.6-vicuna-7b-hf, plus LaViC-shaped adapters, streamed
+//! to disk.
+
+pub mod realsize;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -1,0 +1,369 @@
+//! `lavic dev ...`: developer tools for the real-size proof (`scripts/real-size.sh`,
+//! `scripts/gpu-check.sh`), not needed to serve.
+//!
+//! - `write-realsize`: a random-weight checkpoint with the exact names, shapes and dtype of
+//!   llava-v1.6-mistral-7b-hf (or vicuna-7b) plus LaViC-shaped adapters
+//!   (`lavic_model::testing::realsize`), streamed to disk.
+//! - `probe`: loads a model as `lavic serve` does, then times the vision tower and one
+//!   recommendation, printing one JSON object per phase (with the process's peak RSS).
+//! - `synthetic-catalog`: writes a catalog of N items with random features for an encoder
+//!   fingerprint and times its open and lookups.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use lavic_model::testing::realsize::{
+    write_realsize, RealSizeOptions, Variant, DEFAULT_SHARD_BYTES,
+};
+use lavic_model::{Candidate, LavicModel, LoadOptions, Mode, RecommendInput, RecommendOptions};
+use serde_json::json;
+
+/// `lavic dev` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Write a random real-size checkpoint (model/, vision-adapter/, lm-adapter/) under --out.
+    WriteRealsize(WriteArgs),
+    /// Load a model and time the vision tower and one recommendation (JSON lines on stdout).
+    Probe(ProbeArgs),
+    /// Write a synthetic catalog of random features and time its open and lookups.
+    SyntheticCatalog(SyntheticArgs),
+}
+
+/// Flags of `lavic dev write-realsize`.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// Output folder (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Which checkpoint to mimic: mistral (llava-v1.6-mistral-7b-hf) or vicuna.
+    #[arg(long, default_value = "mistral")]
+    pub variant: String,
+    /// Seed of every value.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder with the llava-hf tokenizer files (default: the repository's tests/fixtures/tokenizer).
+    #[arg(long)]
+    pub tokenizer_dir: Option<PathBuf>,
+    /// Shard size limit in bytes.
+    #[arg(long, default_value_t = DEFAULT_SHARD_BYTES)]
+    pub max_shard_bytes: u64,
+}
+
+/// Flags of `lavic dev probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// llava-hf checkpoint folder.
+    #[arg(long)]
+    pub model_dir: PathBuf,
+    /// Stage-1 adapter.
+    #[arg(long)]
+    pub vision_adapter: Option<PathBuf>,
+    /// Stage-2 adapter.
+    #[arg(long)]
+    pub lm_adapter: Option<PathBuf>,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images to encode (each: 5 views through the tower); their tokens are reused for the
+    /// candidates in turn.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub images: Vec<PathBuf>,
+    /// Candidates in the request.
+    #[arg(long, default_value_t = 10)]
+    pub candidates: usize,
+    /// Dialogue file (the reference's raw context); default: a one-line request.
+    #[arg(long)]
+    pub context_file: Option<PathBuf>,
+    /// Also run the request in FREE mode (the reference's 10-token greedy generation).
+    #[arg(long)]
+    pub free: bool,
+    /// Times to run each request (after the first, which is reported as cold).
+    #[arg(long, default_value_t = 0)]
+    pub repeats: usize,
+}
+
+/// Flags of `lavic dev synthetic-catalog`.
+#[derive(Debug, Args)]
+pub struct SyntheticArgs {
+    /// Catalog folder (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Items.
+    #[arg(long)]
+    pub items: usize,
+    /// Values per view (the vision width, 1024 for ViT-L, for CLS features).
+    #[arg(long, default_value_t = 1024)]
+    pub width: usize,
+    /// Encoder fingerprint the catalog claims (from `lavic dev probe`), 64 hex characters.
+    #[arg(long)]
+    pub fingerprint: String,
+    /// Random lookups to time after opening.
+    #[arg(long, default_value_t = 10_000)]
+    pub lookups: usize,
+}
+
+/// Runs a `lavic dev` command.
+pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
+    match cmd {
+        DevCommand::WriteRealsize(a) => write(&a),
+        DevCommand::Probe(a) => probe(&a),
+        DevCommand::SyntheticCatalog(a) => synthetic(&a),
+    }
+}
+
+fn fixture_tokenizer() -> anyhow::Result<PathBuf> {
+    [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer"),
+        PathBuf::from("tests/fixtures/tokenizer"),
+    ]
+    .into_iter()
+    .find(|p| p.join("tokenizer.json").is_file())
+    .context("tests/fixtures/tokenizer not found: pass --tokenizer-dir")
+}
+
+fn write(a: &WriteArgs) -> anyhow::Result<()> {
+    let variant: Variant = a.variant.parse()?;
+    let tokenizer_dir = match &a.tokenizer_dir {
+        Some(d) => d.clone(),
+        None => fixture_tokenizer()?,
+    };
+    let opts = RealSizeOptions {
+        out: a.out.clone(),
+        variant,
+        seed: a.seed,
+        max_shard_bytes: a.max_shard_bytes,
+        tokenizer_dir,
+    };
+    let t0 = Instant::now();
+    let w = write_realsize(&opts, |path, bytes| {
+        eprintln!(
+            "wrote {} ({:.2} GB, {:.0} s)",
+            path.display(),
+            bytes as f64 / 1e9,
+            t0.elapsed().as_secs_f64()
+        );
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    let report = json!({
+        "phase": "write",
+        "variant": variant.repo(),
+        "model_dir": w.model_dir,
+        "vision_adapter": w.vision_adapter,
+        "lm_adapter": w.lm_adapter,
+        "params": w.params,
+        "checkpoint_bytes": w.checkpoint_bytes,
+        "adapter_bytes": w.adapter_bytes,
+        "shards": w.shards.len(),
+        "seconds": secs,
+        "mb_per_s": (w.checkpoint_bytes + w.adapter_bytes) as f64 / 1e6 / secs,
+        "peak_rss_bytes": peak_rss(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// `VmHWM` (peak resident set) and `VmRSS` of this process in bytes, from /proc (Linux).
+fn rss() -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        })
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn peak_rss() -> Option<u64> {
+    rss().0
+}
+
+const DEFAULT_CONTEXT: &str = "<submission>Looking for a sturdy everyday backpack with a red strap, nothing too bulky. Any recommendations?</submission>\n<comment>I had good luck with a canvas one.</comment>\n";
+
+fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
+    let mut opts = LoadOptions::new(&a.model_dir);
+    opts.vision_adapter = a.vision_adapter.clone();
+    opts.lm_adapter = a.lm_adapter.clone();
+    opts.dtype = Some(lavic_model::parse_dtype(&a.dtype)?);
+    opts.device = lavic_model::parse_device(&a.device)?;
+    let t0 = Instant::now();
+    let model = LavicModel::load(&opts)?;
+    let (hwm, now) = rss();
+    let ckpt_bytes = checkpoint_bytes(&a.model_dir)?;
+    println!(
+        "{}",
+        json!({
+            "phase": "load",
+            "seconds": t0.elapsed().as_secs_f64(),
+            "checkpoint_bytes": ckpt_bytes,
+            "peak_rss_bytes": hwm,
+            "rss_bytes": now,
+            "peak_rss_over_checkpoint": hwm.map(|h| h as f64 / ckpt_bytes as f64),
+            "dtype": a.dtype,
+            "device": a.device,
+            "encoder_fingerprint": model.encoder.fingerprint(),
+            "vocab": model.tokenizer.len(),
+        })
+    );
+
+    let images = a
+        .images
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(model.encoder.decode(&bytes)?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let t = Instant::now();
+    let pixels = model.encoder.pixels(&images)?;
+    let prep = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let cls = model.encoder.cls_from_pixels(&pixels)?;
+    let tower = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let tokens = model.encoder.project(&cls)?;
+    let proj = t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "phase": "encode",
+            "images": images.len(),
+            "views": pixels.dim(0)?,
+            "view_size": pixels.dim(2)?,
+            "preprocess_seconds": prep,
+            "tower_seconds": tower,
+            "projector_seconds": proj,
+            "images_per_second": images.len() as f64 / (prep + tower + proj),
+            "cls_shape": cls.dims(),
+            "tokens_shape": tokens.dims(),
+            "peak_rss_bytes": peak_rss(),
+        })
+    );
+
+    let context = match &a.context_file {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => DEFAULT_CONTEXT.to_string(),
+    };
+    let candidates = (0..a.candidates)
+        .map(|i| {
+            Ok(Candidate {
+                id: format!("B{:09}", 100_000 + i),
+                title: format!("Product number {i} with a descriptive title"),
+                tokens: tokens.get(i % images.len())?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut modes = vec![Mode::Default];
+    if a.free {
+        modes.push(Mode::Free);
+    }
+    for mode in modes {
+        let input = RecommendInput {
+            context: context.clone(),
+            candidates: candidates.clone(),
+            options: RecommendOptions {
+                mode,
+                ..RecommendOptions::default()
+            },
+        };
+        for run in 0..=a.repeats {
+            let passes = model.forward_passes();
+            let t = Instant::now();
+            let r = model.recommend(&input)?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                json!({
+                    "phase": "recommend",
+                    "mode": format!("{mode:?}"),
+                    "run": run,
+                    "candidates": a.candidates,
+                    "prompt_tokens": r.prompt_tokens,
+                    "seconds": secs,
+                    "forward_passes": model.forward_passes() - passes,
+                    "pick": r.pick,
+                    "valid": r.valid,
+                    "raw_answer": r.raw_answer,
+                    "peak_rss_bytes": peak_rss(),
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the checkpoint's safetensors files.
+fn checkpoint_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        if e.path().extension().is_some_and(|x| x == "safetensors") {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+fn synthetic(a: &SyntheticArgs) -> anyhow::Result<()> {
+    use lavic_catalog::{synthetic_id, write_synthetic, Catalog, StoreForm};
+    if a.items == 0 {
+        anyhow::bail!("--items must be at least 1");
+    }
+    let t = Instant::now();
+    let cat = write_synthetic(&a.out, a.items, a.width, StoreForm::Cls, &a.fingerprint)?;
+    let write_s = t.elapsed().as_secs_f64();
+    let bytes_per_item = cat.bytes_per_item();
+    drop(cat);
+    let t = Instant::now();
+    let cat = Catalog::open_read_only(&a.out)?;
+    let open_s = t.elapsed().as_secs_f64();
+    let mut disk = 0u64;
+    for e in std::fs::read_dir(&a.out)? {
+        disk += e?.metadata()?.len();
+    }
+    // random ids (xorshift), features read and checksum-verified on each lookup
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let t = Instant::now();
+    let mut found = 0usize;
+    for _ in 0..a.lookups {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let id = synthetic_id((state % a.items as u64) as usize);
+        if cat.stored_features(&id)?.is_some() {
+            found += 1;
+        }
+    }
+    let lookup_s = t.elapsed().as_secs_f64();
+    if found != a.lookups {
+        anyhow::bail!("only {found} of {} lookups found their item", a.lookups);
+    }
+    println!(
+        "{}",
+        json!({
+            "phase": "catalog",
+            "items": a.items,
+            "width": a.width,
+            "feature_bytes_per_item": bytes_per_item,
+            "disk_bytes": disk,
+            "disk_bytes_per_item": disk as f64 / a.items as f64,
+            "write_seconds": write_s,
+            "open_seconds": open_s,
+            "lookups": a.lookups,
+            "lookup_us_mean": lookup_s * 1e6 / a.lookups.max(1) as f64,
+            "peak_rss_bytes": peak_rss(),
+        })
+    );
+    Ok(())
+}
