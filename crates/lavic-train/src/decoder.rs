@@ -205,9 +205,9 @@ mod tests {
             assert_eq!(ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(), theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         }
         let m = right_padded_mask(&[6, 4], 6, None, &dev).unwrap().squeeze(1).unwrap().to_vec3::<f32>().unwrap();
-        for q in 0..6 {
-            for k in 0..6 {
-                let open = m[1][q][k] == 0.0;
+        for (q, row) in m[1].iter().enumerate() {
+            for (k, v) in row.iter().enumerate() {
+                let open = *v == 0.0;
                 assert_eq!(open, k <= q && k < 4, "row 1 q {q} k {k}");
             }
         }
