@@ -197,6 +197,11 @@ impl Linear {
         self.inner.weight()
     }
 
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
     /// Folds every attached update into the weight (computed in f32, stored in the weight's dtype).
     pub fn merge(&mut self) -> candle_core::Result<()> {
         if self.adapters.is_empty() {

@@ -12,6 +12,23 @@ use crate::error::{Error, Result};
 use crate::linear::{Builder, Ctx, LoraLinear};
 use crate::ops;
 
+/// Additive f32 mask `[B, 1, T, T]` for right-padded rows of the given lengths: query `q` of
+/// row `r` sees key `k` iff `k <= q`, `k < len[r]` and `q - k < window`. Padded query rows see
+/// the whole real prefix, so no row is fully blocked (their outputs are never supervised).
+pub fn right_padded_mask(lens: &[usize], t: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; lens.len() * t * t];
+    for (r, &len) in lens.iter().enumerate() {
+        for q in 0..t {
+            for k in 0..t {
+                if !(k <= q && k < len && window.is_none_or(|w| q - k < w)) {
+                    m[(r * t + q) * t + k] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (lens.len(), 1, t, t), device)?)
+}
+
 struct RmsNorm {
     weight: Tensor,
     eps: f64,
@@ -105,23 +122,9 @@ impl Decoder {
         Ok(self.embed_tokens.index_select(&Tensor::new(ids, device)?, 0)?)
     }
 
-    /// Additive f32 mask `[B, 1, T, T]` for right-padded rows of the given lengths: query `q`
-    /// of row `r` sees key `k` iff `k <= q`, `k < len[r]` and `k` is inside the sliding window.
-    /// Padded query rows see the whole real prefix, so no row is fully blocked.
+    /// The attention mask of a right-padded batch (see [`right_padded_mask`]).
     pub fn mask(&self, lens: &[usize], t: usize, device: &Device) -> Result<Tensor> {
-        let window = self.cfg.sliding_window;
-        let mut m = vec![0f32; lens.len() * t * t];
-        for (r, &len) in lens.iter().enumerate() {
-            for q in 0..t {
-                for k in 0..t {
-                    let ok = k <= q && k < len && window.is_none_or(|w| q - k < w);
-                    if !ok {
-                        m[(r * t + q) * t + k] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (lens.len(), 1, t, t), device)?)
+        right_padded_mask(lens, t, self.cfg.sliding_window, device)
     }
 
     /// Rotary tables `[T, D/2]` for positions `0..T` (right padding: every row starts at 0).
@@ -184,5 +187,29 @@ impl Decoder {
         let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
         let normed = self.norm.forward(&picked)?;
         Ok(self.lm_head.forward(&normed, ctx)?.to_dtype(DType::F32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// For an unpadded row the mask is lavic-model's inference mask, with and without a
+    /// sliding window; padded rows block exactly the padding keys.
+    #[test]
+    fn mask_matches_inference_and_blocks_padding() {
+        let dev = Device::Cpu;
+        for window in [None, Some(3)] {
+            let ours = right_padded_mask(&[6], 6, window, &dev).unwrap();
+            let theirs = lavic_model::decoder::causal_mask(&[0], 0, 6, window, &dev).unwrap();
+            assert_eq!(ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(), theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        let m = right_padded_mask(&[6, 4], 6, None, &dev).unwrap().squeeze(1).unwrap().to_vec3::<f32>().unwrap();
+        for (q, row) in m[1].iter().enumerate() {
+            for (k, v) in row.iter().enumerate() {
+                let open = *v == 0.0;
+                assert_eq!(open, k <= q && k < 4, "row 1 q {q} k {k}");
+            }
+        }
     }
 }

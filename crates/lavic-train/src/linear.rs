@@ -186,8 +186,9 @@ impl Init {
     }
 }
 
-/// Creates a model's layers: frozen tensors from the checkpoint, LoRA and `modules_to_save`
-/// tensors as trainable [`Var`]s registered in [`Params`].
+/// Creates a model's layers: frozen tensors from the checkpoint (with any frozen adapters that
+/// `w` carries merged in), LoRA and `modules_to_save` tensors as trainable [`Var`]s registered
+/// in [`Params`].
 pub struct Builder<'a> {
     /// What is trained (None: everything frozen).
     pub spec: Option<&'a LoraSpec>,
@@ -207,12 +208,18 @@ impl Builder<'_> {
     /// A tensor `name` of the module at `w`; trainable when the module is in `modules_to_save`.
     /// `rows` keeps the first rows (the vocabulary resize).
     fn tensor(&mut self, w: &Weights, shape: &[usize], name: &str, rows: Option<usize>) -> Result<Tensor> {
-        let module = w.prefix().to_string();
-        let full = format!("{module}.{name}");
         let base = match rows {
             Some(r) => w.get_rows(r, shape[1], name)?,
             None => w.get(shape, name)?,
         };
+        self.finish(w, name, base)
+    }
+
+    /// Applies an initial adapter's saved base layer and makes the tensor trainable when its
+    /// module is in `modules_to_save`.
+    fn finish(&mut self, w: &Weights, name: &str, base: Tensor) -> Result<Tensor> {
+        let module = w.prefix().to_string();
+        let full = format!("{module}.{name}");
         // peft's `<module>.base_layer.weight` (save_embedding_layers) replaces the frozen base.
         let base = match self.init.as_deref_mut().and_then(|i| i.take(&format!("{module}.base_layer.{name}"))) {
             Some(t) => {
@@ -251,8 +258,14 @@ impl Builder<'_> {
     /// `rows` keeps only the first `out` rows of the stored weight (resized lm_head).
     pub fn linear(&mut self, w: &Weights, in_dim: usize, out_dim: usize, bias: bool, rows: bool) -> Result<LoraLinear> {
         let module = w.prefix().to_string();
-        let weight = self.tensor(w, &[out_dim, in_dim], "weight", rows.then_some(out_dim))?;
-        let b = if bias { Some(self.get(w, &[out_dim], "bias")?) } else { None };
+        // lavic-model's loader: checkpoint (or modules_to_save) tensors with the frozen
+        // adapters' updates merged in.
+        let merged = if rows { w.linear_rows(in_dim, out_dim)? } else { w.linear(in_dim, out_dim, bias)? };
+        let weight = self.finish(w, "weight", merged.weight().clone())?;
+        let b = match merged.bias() {
+            Some(t) => Some(self.finish(w, "bias", t.clone())?),
+            None => None,
+        };
         let lora = match self.spec {
             Some(spec) if spec.targets(&module)? => {
                 let (r, scale) = spec.rank_and_scale(&module)?;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use lavic_model::anyres::{AnyResConfig, NUM_VIEWS};
 use lavic_model::config::{LlavaConfig, PreprocessorConfig};
+use lavic_model::lora::Adapter;
 use lavic_model::weights::{Checkpoint, Weights};
 use lavic_model::LavicTokenizer;
 
@@ -48,6 +49,9 @@ pub struct TrainOptions {
     pub vision_init: Option<PathBuf>,
     /// Initial values of the LM-side trainable tensors (a PEFT adapter folder).
     pub lm_init: Option<PathBuf>,
+    /// Adapters merged into the frozen weights at load, as inference does (e.g. the trained
+    /// stage-1 adapter while training stage 2). Every tensor of each must be used.
+    pub frozen_adapters: Vec<PathBuf>,
     /// Seed of the LoRA initialisation.
     pub seed: u64,
 }
@@ -64,6 +68,7 @@ impl TrainOptions {
             lm: None,
             vision_init: None,
             lm_init: None,
+            frozen_adapters: Vec::new(),
             seed: 42,
         }
     }
@@ -127,7 +132,12 @@ impl TrainModel {
         for spec in [&opts.vision, &opts.lm].into_iter().flatten() {
             spec.validate()?;
         }
-        let w = Weights::new(ckpt, opts.dtype, opts.device.clone(), vec![], false);
+        let frozen = opts
+            .frozen_adapters
+            .iter()
+            .map(|p| Adapter::load(p, &opts.device).map(Arc::new))
+            .collect::<lavic_model::Result<Vec<_>>>()?;
+        let w = Weights::new(ckpt, opts.dtype, opts.device.clone(), frozen, true);
         let mut params = Params::default();
         let mut rng = Rng::new(opts.seed);
         let load_init = |p: &Option<PathBuf>| p.as_deref().map(Init::from_adapter).transpose();
@@ -153,6 +163,7 @@ impl TrainModel {
         for init in [&vision_init, &lm_init].into_iter().flatten() {
             init.check_all_used()?;
         }
+        w.check_adapters_used()?;
         if (opts.vision.is_some() || opts.lm.is_some()) && params.vars.is_empty() {
             return Err(Error::Spec("the LoRA specs match no module of this model".into()));
         }

@@ -77,3 +77,33 @@ fn mistral_stage1_prompt_logits_equal_inference() {
 fn llama_stage1_prompt_logits_equal_inference() {
     check("llama", &distillation_prompt("Ceramic table lamp"), "A white ceramic lamp.", &["square"]);
 }
+
+/// Stage 2 on top of a trained stage-1 adapter: the vision adapter merged into the frozen
+/// weights at load, the LM adapter trainable: still the inference logits.
+#[test]
+fn frozen_stage1_adapter_with_trainable_stage2_equals_inference() {
+    for model in ["mistral", "llama"] {
+        let inf = inference(model);
+        let mut o = options_from_adapters(model);
+        o.frozen_adapters = vec![o.vision_init.take().unwrap()];
+        o.vision = None;
+        let train = TrainModel::load(&o).unwrap();
+        assert!(train.params().vars.keys().all(|k| k.starts_with("language_model.")));
+        let views: Vec<Tensor> = ["square", "tall", "white"].iter().map(|n| pixels(model, n)).collect();
+        let prompt = rec_prompt();
+        let enc = train.encode(&Example { prompt: prompt.clone(), target: "B0012GVT7O".into(), images: views.clone() }).unwrap();
+        let tp = inf.tokenizer.tokenize_prompt(&format!("{prompt}B0012GVT7O")).unwrap();
+        let toks: Vec<Tensor> = views
+            .iter()
+            .map(|v| inf.encoder.project(&inf.encoder.cls_from_pixels(v).unwrap()).unwrap().squeeze(0).unwrap())
+            .collect();
+        let want = inf.prompt_logits(&inf.prompt_embeds(&tp, &toks).unwrap(), &(0..tp.ids.len()).collect::<Vec<_>>()).unwrap();
+        let e = max_abs(&train.logits(&enc, &mut Ctx::eval()).unwrap(), &want);
+        assert!(e <= 1e-5, "{model}: {e}");
+        // a frozen adapter that does not fit is refused, naming it
+        let mut bad = options(model);
+        let other = if model == "mistral" { "llama" } else { "mistral" };
+        bad.frozen_adapters = vec![fixtures().join(format!("adapters/{other}-lm"))];
+        assert!(TrainModel::load(&bad).is_err());
+    }
+}
