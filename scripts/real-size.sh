@@ -91,7 +91,7 @@ until "$LAVIC" healthcheck --addr "127.0.0.1:$PORT" --service lavic.v1.Recommend
   sleep 5
 done
 READY=$(( $(date +%s) - START ))
-HWM=$(awk '/VmHWM/ {print $2 * 1024}' "/proc/$SERVER_PID/status")
+HWM=$(awk '/VmHWM/ {printf "%d", $2 * 1024}' "/proc/$SERVER_PID/status")
 echo "{\"phase\":\"serve-ready\",\"seconds\":$READY,\"peak_rss_bytes\":$HWM}" | record
 IDS=$(seq 0 $((SERVE_CANDIDATES - 1)) | awk '{printf "%sB%09d", (NR>1?",":""), $1 * 37}')
 T0=$(date +%s.%N)
@@ -100,6 +100,6 @@ T0=$(date +%s.%N)
 " > "$OUT/recommend.txt"
 T1=$(date +%s.%N)
 cat "$OUT/recommend.txt" >&2
-HWM=$(awk '/VmHWM/ {print $2 * 1024}' "/proc/$SERVER_PID/status")
+HWM=$(awk '/VmHWM/ {printf "%d", $2 * 1024}' "/proc/$SERVER_PID/status")
 echo "{\"phase\":\"serve-recommend\",\"candidates\":$SERVE_CANDIDATES,\"seconds\":$(echo "$T1 - $T0" | bc),\"peak_rss_bytes\":$HWM}" | record
 log "done; results in $RESULTS"
