@@ -29,6 +29,58 @@ pub enum DevCommand {
     Probe(ProbeArgs),
     /// Write a synthetic catalog of random features and time its open and lookups.
     SyntheticCatalog(SyntheticArgs),
+    /// Encode one image with the vision side only and save its pixel views and CLS features
+    /// (safetensors `pixels`, `cls`, f32) for `tests/fixtures/realsize_cls_check.py`.
+    EncodeCls(EncodeClsArgs),
+    /// Compare a device against the CPU on a (tiny) checkpoint: f32 CLS features and candidate
+    /// logits within --tolerance, bf16 picks identical. Exits non-zero on a mismatch.
+    DeviceCheck(DeviceCheckArgs),
+}
+
+/// Flags of `lavic dev device-check`.
+#[derive(Debug, Args)]
+pub struct DeviceCheckArgs {
+    /// llava-hf checkpoint folder (e.g. tests/fixtures/tiny-mistral).
+    #[arg(long)]
+    pub model_dir: PathBuf,
+    /// tokenizer.json (default: the model folder's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Stage-1 adapter.
+    #[arg(long)]
+    pub vision_adapter: Option<PathBuf>,
+    /// Stage-2 adapter.
+    #[arg(long)]
+    pub lm_adapter: Option<PathBuf>,
+    /// The device to check against the CPU.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Images (their tokens are the candidates', in turn).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub images: Vec<PathBuf>,
+    /// Largest absolute difference allowed between f32 CPU and device values.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f32,
+}
+
+/// Flags of `lavic dev encode-cls`.
+#[derive(Debug, Args)]
+pub struct EncodeClsArgs {
+    /// llava-hf checkpoint folder.
+    #[arg(long)]
+    pub model_dir: PathBuf,
+    /// Stage-1 adapter.
+    #[arg(long)]
+    pub vision_adapter: Option<PathBuf>,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// The image.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Flags of `lavic dev write-realsize`.
@@ -71,7 +123,7 @@ pub struct ProbeArgs {
     pub device: String,
     /// Images to encode (each: 5 views through the tower); their tokens are reused for the
     /// candidates in turn.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "load_only")]
     pub images: Vec<PathBuf>,
     /// Candidates in the request.
     #[arg(long, default_value_t = 10)]
@@ -85,6 +137,13 @@ pub struct ProbeArgs {
     /// Times to run each request (after the first, which is reported as cold).
     #[arg(long, default_value_t = 0)]
     pub repeats: usize,
+    /// Do not run the instruction head through the decoder at load (`LoadOptions::share_prefix`
+    /// off): the load time is then the weights alone.
+    #[arg(long)]
+    pub no_shared_prefix: bool,
+    /// Stop after loading.
+    #[arg(long)]
+    pub load_only: bool,
 }
 
 /// Flags of `lavic dev synthetic-catalog`.
@@ -113,6 +172,8 @@ pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
         DevCommand::WriteRealsize(a) => write(&a),
         DevCommand::Probe(a) => probe(&a),
         DevCommand::SyntheticCatalog(a) => synthetic(&a),
+        DevCommand::EncodeCls(a) => encode_cls(&a),
+        DevCommand::DeviceCheck(a) => device_check(&a),
     }
 }
 
@@ -195,6 +256,7 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
     opts.lm_adapter = a.lm_adapter.clone();
     opts.dtype = Some(lavic_model::parse_dtype(&a.dtype)?);
     opts.device = lavic_model::parse_device(&a.device)?;
+    opts.share_prefix = !a.no_shared_prefix;
     let t0 = Instant::now();
     let model = LavicModel::load(&opts)?;
     let (hwm, now) = rss();
@@ -212,8 +274,12 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
             "device": a.device,
             "encoder_fingerprint": model.encoder.fingerprint(),
             "vocab": model.tokenizer.len(),
+            "shared_prefix": opts.share_prefix,
         })
     );
+    if a.load_only {
+        return Ok(());
+    }
 
     let images = a
         .images
@@ -223,6 +289,9 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
             Ok(model.encoder.decode(&bytes)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if images.is_empty() || a.candidates == 0 {
+        anyhow::bail!("--images and --candidates must not be empty (or pass --load-only)");
+    }
     let t = Instant::now();
     let pixels = model.encoder.pixels(&images)?;
     let prep = t.elapsed().as_secs_f64();
@@ -299,6 +368,162 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
                 })
             );
         }
+    }
+    Ok(())
+}
+
+fn encode_cls(a: &EncodeClsArgs) -> anyhow::Result<()> {
+    let mut opts = LoadOptions::new(&a.model_dir);
+    opts.vision_adapter = a.vision_adapter.clone();
+    opts.dtype = Some(lavic_model::parse_dtype(&a.dtype)?);
+    let t = Instant::now();
+    let encoder = lavic_model::ImageEncoder::load(&opts)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let bytes =
+        std::fs::read(&a.image).with_context(|| format!("reading {}", a.image.display()))?;
+    let image = encoder.decode(&bytes)?;
+    let pixels = encoder.pixels(std::slice::from_ref(&image))?;
+    let t = Instant::now();
+    let cls = encoder.cls_from_pixels(&pixels)?;
+    let tower_s = t.elapsed().as_secs_f64();
+    let f32 = lavic_model::DType::F32;
+    let cls = cls.squeeze(0)?.to_dtype(f32)?;
+    let tensors = std::collections::HashMap::from([
+        ("pixels".to_string(), pixels.to_dtype(f32)?),
+        ("cls".to_string(), cls),
+    ]);
+    candle_core::safetensors::save(&tensors, &a.out)?;
+    println!(
+        "{}",
+        json!({"phase": "encode-cls", "load_seconds": load_s, "tower_seconds": tower_s, "views": pixels.dims(), "out": a.out, "peak_rss_bytes": peak_rss()})
+    );
+    Ok(())
+}
+
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> anyhow::Result<f32> {
+    let f32 = lavic_model::DType::F32;
+    let cpu = candle_core::Device::Cpu;
+    let (a, b) = (
+        a.to_device(&cpu)?.to_dtype(f32)?,
+        b.to_device(&cpu)?.to_dtype(f32)?,
+    );
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+const CHECK_CONTEXTS: [&str; 4] = [
+    "<submission>I need a bag with a red strap for work.</submission>\n",
+    "<submission>A mug that keeps coffee warm?</submission>\n<comment>Get a double-walled one.</comment>\n",
+    "<submission>Desk light for late nights, warm white please.</submission>\n",
+    "<submission>Gift ideas for someone who likes retro games?</submission>\n<comment>Pixel art pins!</comment>\n",
+];
+
+fn device_check(a: &DeviceCheckArgs) -> anyhow::Result<()> {
+    let device = lavic_model::parse_device(&a.device)?;
+    let load = |dtype, device: candle_core::Device| -> anyhow::Result<LavicModel> {
+        let mut o = LoadOptions::new(&a.model_dir);
+        o.tokenizer = a.tokenizer.clone();
+        o.vision_adapter = a.vision_adapter.clone();
+        o.lm_adapter = a.lm_adapter.clone();
+        o.dtype = Some(dtype);
+        o.device = device;
+        Ok(LavicModel::load(&o)?)
+    };
+    let bytes = a
+        .images
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let requests = |m: &LavicModel| -> anyhow::Result<(candle_core::Tensor, Vec<RecommendInput>)> {
+        let images = bytes
+            .iter()
+            .map(|b| Ok(m.encoder.decode(b)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cls = m.encoder.encode_cls(&images)?;
+        let tokens = m.encoder.project(&cls)?;
+        let inputs = CHECK_CONTEXTS
+            .iter()
+            .enumerate()
+            .map(|(k, ctx)| {
+                let candidates = (0..images.len().max(2))
+                    .map(|i| {
+                        Ok(Candidate {
+                            id: format!("B{:09}", 1000 * k + i),
+                            title: format!("Item {i}"),
+                            tokens: tokens.get((i + k) % images.len())?,
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let options = RecommendOptions {
+                    scores: true,
+                    ..RecommendOptions::default()
+                };
+                Ok(RecommendInput {
+                    context: ctx.to_string(),
+                    candidates,
+                    options,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((cls, inputs))
+    };
+    let mut ok = true;
+    // f32: values within the tolerance
+    let (cpu, dev) = (
+        load(lavic_model::DType::F32, candle_core::Device::Cpu)?,
+        load(lavic_model::DType::F32, device.clone())?,
+    );
+    let (cls_cpu, in_cpu) = requests(&cpu)?;
+    let (cls_dev, in_dev) = requests(&dev)?;
+    let cls_diff = max_abs_diff(&cls_cpu, &cls_dev)?;
+    let mut logit_diff = 0f32;
+    for (x, y) in in_cpu.iter().zip(&in_dev) {
+        for (l1, l2) in cpu
+            .candidate_logits(x)?
+            .iter()
+            .zip(dev.candidate_logits(y)?)
+        {
+            logit_diff = logit_diff.max(max_abs_diff(l1, &l2)?);
+        }
+    }
+    ok &= cls_diff <= a.tolerance && logit_diff <= a.tolerance;
+    println!(
+        "{}",
+        json!({"phase": "device-check-f32", "device": a.device, "cls_max_abs_diff": cls_diff, "logits_max_abs_diff": logit_diff, "tolerance": a.tolerance, "ok": cls_diff <= a.tolerance && logit_diff <= a.tolerance})
+    );
+    drop((cpu, dev));
+    // bf16: identical picks (and validity) on every request, default and FREE
+    let (cpu, dev) = (
+        load(lavic_model::DType::BF16, candle_core::Device::Cpu)?,
+        load(lavic_model::DType::BF16, device)?,
+    );
+    let (_, in_cpu) = requests(&cpu)?;
+    let (_, in_dev) = requests(&dev)?;
+    let mut same = 0;
+    let mut total = 0;
+    for (x, y) in in_cpu.iter().zip(&in_dev) {
+        for mode in [Mode::Default, Mode::Free] {
+            let (mut x, mut y) = (x.clone(), y.clone());
+            x.options.mode = mode;
+            y.options.mode = mode;
+            let (r1, r2) = (cpu.recommend(&x)?, dev.recommend(&y)?);
+            total += 1;
+            if r1.pick == r2.pick && r1.valid == r2.valid {
+                same += 1;
+            } else {
+                eprintln!(
+                    "bf16 {mode:?}: cpu picked {:?} (valid {}), device {:?} (valid {})",
+                    r1.pick, r1.valid, r2.pick, r2.valid
+                );
+            }
+        }
+    }
+    ok &= same == total;
+    println!(
+        "{}",
+        json!({"phase": "device-check-bf16", "requests": total, "identical_picks": same, "ok": same == total})
+    );
+    if !ok {
+        anyhow::bail!("device check failed");
     }
     Ok(())
 }

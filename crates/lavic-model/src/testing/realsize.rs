@@ -520,7 +520,7 @@ pub fn safetensors_header(tensors: &[TensorSpec]) -> Vec<u8> {
         at = end;
     }
     let mut header = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
-    while (header.len() + 8) % 8 != 0 {
+    while !(header.len() + 8).is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
