@@ -124,7 +124,7 @@ async fn writing_a_catalog_changed_on_disk_is_failed_precondition() {
         id: id.into(),
         title: "Mug".into(),
         image: None,
-        metadata: serde_json::json!({}),
+        metadata: "{}".into(),
     };
     lavic_catalog::Catalog::create_empty(&dir, &encoder, lavic_catalog::StoreForm::Cls)
         .unwrap()

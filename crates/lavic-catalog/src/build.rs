@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::{Manifest, StoreForm, FLAG_IMAGE_MISSING, REPORT};
 use crate::fsutil::{folder_state, write_atomic, DirLock, FolderState};
 use crate::ingest::{read_items, InputFormat, InputItem, Shard};
+use crate::rules::check_item;
 use crate::segment::{EntryFields, SegmentWriter};
 
 /// What to build.
@@ -79,7 +80,8 @@ pub struct BuildReport {
     pub removed: usize,
     /// Items whose image file was missing (stored with the white image).
     pub missing_images: Vec<String>,
-    /// Items left out: id and reason (undecodable, over the limits, unreadable).
+    /// Items left out: id and reason (an item rule of `rules`, undecodable, over the limits,
+    /// unreadable).
     pub failed: Vec<(String, String)>,
     /// Wall time in seconds.
     pub seconds: f64,
@@ -102,11 +104,19 @@ pub fn build(opts: &BuildOptions, encoder: &ImageEncoder) -> Result<BuildReport>
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument("batch size must be at least 1".into()));
     }
+    let mut refused = Vec::new();
     let items: Vec<InputItem> = read_items(&opts.items, opts.format)?
         .into_iter()
         .enumerate()
         .filter(|(pos, _)| opts.shard.is_none_or(|s| s.selects(*pos)))
-        .map(|(_, it)| it)
+        .filter_map(|(_, it)| match check_item(&it.id, &it.title, &it.metadata) {
+            Ok(_) => Some(it),
+            Err(reason) => {
+                let at = if it.line > 0 { format!("line {}: ", it.line) } else { String::new() };
+                refused.push((it.id, format!("{at}{reason}")));
+                None
+            }
+        })
         .collect();
     let out = &opts.out;
     let _lock = prepare_out(out)?;
@@ -115,7 +125,7 @@ pub fn build(opts: &BuildOptions, encoder: &ImageEncoder) -> Result<BuildReport>
     let fingerprint = encoder.fingerprint().to_string();
     let width = stored_width(encoder, opts.form)?;
 
-    let mut report = BuildReport { generation, fingerprint: fingerprint.clone(), shard: opts.shard.map(|s| s.to_string()), input_items: items.len(), ..Default::default() };
+    let mut report = BuildReport { generation, fingerprint: fingerprint.clone(), shard: opts.shard.map(|s| s.to_string()), input_items: items.len() + refused.len(), failed: refused, ..Default::default() };
     let mut reuse: HashMap<[u8; 32], Loc> = HashMap::new();
     if let Some(prev) = &previous {
         let input_ids: HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
@@ -171,7 +181,7 @@ pub fn build(opts: &BuildOptions, encoder: &ImageEncoder) -> Result<BuildReport>
         tracing::warn!(count = report.missing_images.len(), first = ?report.missing_images.iter().take(5).collect::<Vec<_>>(), "items with a missing image file (white image used)");
     }
     for (id, reason) in report.failed.iter().take(20) {
-        tracing::warn!(id, reason, "item left out: image unusable");
+        tracing::warn!(id, reason, "item left out");
     }
     tracing::info!(items = report.items, encoded = report.encoded, reused = report.reused, removed = report.removed, failed = report.failed.len(), seconds = format!("{:.1}", report.seconds), "catalog built");
     Ok(report)
@@ -331,8 +341,7 @@ impl<'a> BuildState<'a> {
     }
 
     fn push(&mut self, it: &InputItem, flags: u32, sha: [u8; 32], slot: u64) -> Result<()> {
-        let meta = serde_json::to_string(&it.metadata).expect("JSON values serialise");
-        self.writer.push(EntryFields { id: &it.id, title: &it.title, meta: &meta, flags, image_sha: sha }, slot, 0)
+        self.writer.push(EntryFields { id: &it.id, title: &it.title, meta: &it.metadata, flags, image_sha: sha }, slot, 0)
     }
 }
 

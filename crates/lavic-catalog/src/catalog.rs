@@ -16,6 +16,7 @@ use crate::encode::stored_width;
 use crate::error::{Error, Result};
 use crate::format::{self, delta_name, feature_bytes, hex, Manifest, StoreForm, FLAG_IMAGE_MISSING, VIEWS};
 use crate::fsutil::{folder_state, remove_unreferenced, write_atomic, DirLock, FolderState};
+use crate::mapped::MappedFile;
 use crate::segment::{EntryView, Segment, SegmentWriter};
 use crate::stored::StoredItem;
 
@@ -43,8 +44,9 @@ pub struct ItemInfo {
     pub image_sha256: String,
     /// The image was missing (white image used).
     pub image_missing: bool,
-    /// Extra fields of the input, as given.
-    pub metadata: serde_json::Value,
+    /// Extra fields of the input: a JSON object's text, exactly as stored (integers beyond 64
+    /// bits intact).
+    pub metadata: String,
 }
 
 /// An overlay slot: a newer version of an item, or its deletion.
@@ -76,6 +78,8 @@ pub(crate) struct Inner {
     pub white: OnceLock<Vec<u8>>,
     /// Upserts and deletes are written to disk (false: kept in memory only).
     pub persist: bool,
+    /// The committed part of the delta log as mapped at open (checked by `check_on_disk`).
+    pub delta_map: Option<Arc<MappedFile>>,
 }
 
 /// A catalog. Cheap to clone (one `Arc`), `Send + Sync`.
@@ -112,6 +116,8 @@ impl Catalog {
     fn open_with(dir: &Path, persist: bool) -> Result<Catalog> {
         let m = Manifest::read(dir)?;
         let base = Segment::open(dir, &m)?;
+        let path = dir.join(&m.delta_file);
+        let delta_map = delta::map(&path, m.delta_bytes)?;
         let inner = Inner {
             dir: dir.to_path_buf(),
             len: AtomicUsize::new(base.len() as usize),
@@ -121,15 +127,38 @@ impl Catalog {
             writer: Mutex::new(m.clone()),
             white: OnceLock::new(),
             persist,
+            delta_map: delta_map.clone(),
         };
         let cat = Catalog { inner: Arc::new(inner) };
-        let path = dir.join(&m.delta_file);
-        if let Some(map) = delta::map(&path, m.delta_bytes)? {
+        if let Some(map) = delta_map {
             for (id, op) in delta::replay(&map, &path)? {
                 cat.apply(id, op);
             }
         }
         Ok(cat)
+    }
+
+    /// Checks that the folder still holds the catalog this process opened: `catalog.json`
+    /// names the same generation and files, and no mapped file was cut short. Otherwise
+    /// [`Error::ChangedOnDisk`] says what changed: reopen the catalog (a server does so, or goes
+    /// NOT_SERVING while that fails). Cheap: reads `catalog.json` and `fstat`s two files.
+    pub fn check_on_disk(&self) -> Result<()> {
+        let dir = &self.inner.dir;
+        let ours = &self.inner.base_manifest;
+        let changed = |detail: String| Error::ChangedOnDisk { path: dir.clone(), detail };
+        let disk = Manifest::read(dir).map_err(|e| changed(format!("catalog.json cannot be read any more: {e}")))?;
+        if (disk.generation, &disk.base_file, &disk.delta_file) != (ours.generation, &ours.base_file, &ours.delta_file) {
+            return Err(changed(format!(
+                "catalog.json now names generation {} ({}), this process opened generation {} ({}); \
+                 it was rebuilt, merged or compacted by another process",
+                disk.generation, disk.base_file, ours.generation, ours.base_file
+            )));
+        }
+        self.inner.base.check()?;
+        if let Some(d) = &self.inner.delta_map {
+            d.check()?;
+        }
+        Ok(())
     }
 
     /// Creates an empty catalog for `encoder` in `dir` (absent or empty) and opens it.
@@ -323,14 +352,13 @@ impl Catalog {
         let path = self.inner.base.path().to_path_buf();
         self.with_entry(id, |v| {
             let (title, meta) = v.strings(&path)?;
-            let metadata = serde_json::from_str(meta).map_err(|e| Error::corrupt(&path, format!("item {id:?}: metadata: {e}")))?;
             let missing = v.flags & FLAG_IMAGE_MISSING != 0;
             Ok(ItemInfo {
                 id: id.to_string(),
                 title: title.to_string(),
                 image_sha256: if missing { String::new() } else { hex(&v.image_sha) },
                 image_missing: missing,
-                metadata,
+                metadata: meta.to_string(),
             })
         })
     }

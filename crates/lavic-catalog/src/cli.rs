@@ -239,7 +239,7 @@ pub fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
             println!("fingerprint  {}", i.fingerprint);
             println!("generation   {} ({} base items, {} delta bytes)", i.generation, i.base_items, i.delta_bytes);
             println!("missing      {} image(s){}", i.missing_images, examples(&i.missing_examples));
-            println!("failed       {} image(s) left out by the last build", i.failed_images.len());
+            println!("failed       {} item(s) left out by the last build (item rules, unusable images)", i.failed_images.len());
             for (id, reason) in &i.failed_images {
                 println!("  {id}: {reason}");
             }
@@ -328,7 +328,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         r.generation
     );
     println!("missing images: {}{}", r.missing_images.len(), examples(&r.missing_images));
-    println!("failed images:  {}", r.failed.len());
+    println!("failed items:   {} (item rules, unusable images)", r.failed.len());
     for (id, reason) in &r.failed {
         println!("  {id}: {reason}");
     }

@@ -3,21 +3,19 @@
 //! committed length in `catalog.json`) count; anything after them is an interrupted append,
 //! ignored on open and cut off by the next writer.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::{Mmap, MmapOptions};
-
 use crate::error::{Error, Result};
 use crate::format::{crc, DeltaHeader, DELTA_HEADER_LEN, KIND_DELETE, KIND_UPSERT};
+use crate::mapped::MappedFile;
 use crate::segment::EntryView;
 
 /// Where a delta record's payload lives: in the log mapped at open, or in memory for records
 /// appended by this process.
 #[derive(Debug, Clone)]
 pub(crate) enum Payload {
-    Mapped { map: Arc<Mmap>, off: usize },
+    Mapped { map: Arc<MappedFile>, off: usize },
     Owned(Arc<[u8]>),
 }
 
@@ -29,18 +27,19 @@ pub(crate) struct DeltaItem {
 }
 
 impl DeltaItem {
-    fn bytes(&self) -> &[u8] {
+    /// The payload (a mapped one after checking the log was not cut short under us).
+    fn bytes(&self) -> Result<&[u8]> {
         let n = self.header.payload_len() as usize;
         match &self.payload {
-            Payload::Mapped { map, off } => &map[*off..*off + n],
-            Payload::Owned(b) => &b[..n],
+            Payload::Mapped { map, off } => Ok(&map.bytes()?[*off..*off + n]),
+            Payload::Owned(b) => Ok(&b[..n]),
         }
     }
 
     /// The entry (call [`EntryView::verify`] before trusting it).
     pub fn view(&self) -> Result<EntryView<'_>> {
         let h = &self.header;
-        let b = self.bytes();
+        let b = self.bytes()?;
         let (i, t, m) = (h.id_len as usize, h.title_len as usize, h.meta_len as usize);
         let id = std::str::from_utf8(&b[..i]).map_err(|_| Error::InvalidArgument("delta id is not UTF-8".into()))?;
         Ok(EntryView {
@@ -100,23 +99,18 @@ pub(crate) fn encode_delete(id: &str) -> Vec<u8> {
 }
 
 /// Maps the committed part of a delta log (`None` when it is empty).
-pub(crate) fn map(path: &Path, committed: u64) -> Result<Option<Arc<Mmap>>> {
+/// (The committed prefix of a delta log is never rewritten: writers only append after it,
+/// cutting off uncommitted bytes first, and a compaction writes a new generation.)
+pub(crate) fn map(path: &Path, committed: u64) -> Result<Option<Arc<MappedFile>>> {
     if committed == 0 {
         return Ok(None);
     }
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len < committed {
-        return Err(Error::corrupt(path, format!("delta log is {len} bytes, shorter than its committed {committed}")));
-    }
-    // SAFETY: the committed prefix of a delta log is never rewritten: writers only append after
-    // it (cutting off uncommitted bytes first), and a compaction writes a new generation.
-    let map = unsafe { MmapOptions::new().len(committed as usize).map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Some(Arc::new(map)))
+    Ok(Some(Arc::new(MappedFile::open(path, Some(committed))?)))
 }
 
 /// Reads every committed record in order, checking both CRCs of each.
-pub(crate) fn replay(map: &Arc<Mmap>, path: &Path) -> Result<Vec<(String, Op)>> {
+pub(crate) fn replay(mapped: &Arc<MappedFile>, path: &Path) -> Result<Vec<(String, Op)>> {
+    let map = mapped.bytes()?;
     let mut ops = Vec::new();
     let mut off = 0usize;
     while off < map.len() {
@@ -136,7 +130,7 @@ pub(crate) fn replay(map: &Arc<Mmap>, path: &Path) -> Result<Vec<(String, Op)>> 
         }
         let id = std::str::from_utf8(&payload[..h.id_len as usize]).map_err(|_| bad("id is not UTF-8"))?.to_string();
         let op = match h.kind {
-            KIND_UPSERT => Op::Upsert(Arc::new(DeltaItem { header: h, payload: Payload::Mapped { map: map.clone(), off: start } })),
+            KIND_UPSERT => Op::Upsert(Arc::new(DeltaItem { header: h, payload: Payload::Mapped { map: mapped.clone(), off: start } })),
             KIND_DELETE => Op::Delete,
             k => return Err(bad(&format!("unknown record kind {k}"))),
         };

@@ -72,6 +72,17 @@ pub enum Error {
     /// The catalog changed on disk since this process opened it (another build or merge).
     #[error("catalog {0} was changed on disk by another process since it was opened; reopen it before writing")]
     Stale(PathBuf),
+    /// A catalog file changed on disk under this process: a mapped file was cut short in place
+    /// (reading it would crash the process), or `catalog.json` now names another generation (a
+    /// build, merge or compaction by another process). Nothing more is read from what changed;
+    /// reopen the catalog.
+    #[error("catalog {path} changed on disk under this process: {detail}")]
+    ChangedOnDisk {
+        /// The file or folder.
+        path: PathBuf,
+        /// What changed.
+        detail: String,
+    },
     /// The catalog store (Redis) cannot serve now: unreachable, connection lost, timed out,
     /// loading, a read-only replica, out of memory, or fewer replicas acknowledged a write than
     /// `WAIT` asked for. Retrying later may work; nothing was served from unverified data.

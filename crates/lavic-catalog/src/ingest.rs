@@ -9,11 +9,10 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::update::check_id;
+use crate::rules::{object_members, object_text};
 
 /// Layout of the items file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,8 +51,9 @@ pub struct InputItem {
     pub title: String,
     /// Image path relative to the images folder; `None` = no image (white image).
     pub image: Option<String>,
-    /// Remaining fields.
-    pub metadata: Value,
+    /// Remaining fields: a JSON object's text, each value exactly as in the input (integers
+    /// beyond 64 bits intact).
+    pub metadata: String,
     /// 1-based line of the input where the item was defined (0 for `Train`).
     pub line: usize,
 }
@@ -94,7 +94,8 @@ impl fmt::Display for Shard {
 }
 
 /// Reads the items of `path`, in input order, refusing malformed lines and duplicate ids
-/// (errors name the line).
+/// (errors name the line). The item rules (`rules`) are not applied here: a build reports an
+/// item that breaks them per item and goes on.
 pub fn read_items(path: &Path, format: InputFormat) -> Result<Vec<InputItem>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let format = match format {
@@ -107,9 +108,6 @@ pub fn read_items(path: &Path, format: InputFormat) -> Result<Vec<InputItem>> {
     };
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for it in &items {
-        if let Err(reason) = check_id(&it.id) {
-            return Err(Error::input(path, Some(it.line).filter(|l| *l > 0), format!("{reason} ({:?})", it.id)));
-        }
         if let Some(first) = seen.insert(&it.id, it.line) {
             return Err(Error::input(path, Some(it.line).filter(|l| *l > 0), format!("duplicate item id {:?} (first on line {first})", it.id)));
         }
@@ -135,7 +133,7 @@ fn read_lines(path: &Path, text: &str, format: InputFormat) -> Result<Vec<InputI
             continue;
         }
         let value: Value = serde_json::from_str(line).map_err(|e| Error::input(path, ln, format!("invalid JSON: {e}")))?;
-        let Value::Object(mut obj) = value else {
+        let (Value::Object(mut obj), Some(members)) = (value, object_members(line)) else {
             return Err(Error::input(path, ln, "expected a JSON object"));
         };
         let is_valid = match format {
@@ -151,7 +149,8 @@ fn read_lines(path: &Path, text: &str, format: InputFormat) -> Result<Vec<InputI
             };
             let title = opt_string(&mut obj, "title", path, ln)?.unwrap_or_default();
             let image = opt_string(&mut obj, "image", path, ln)?;
-            items.push(InputItem { id, title, image, metadata: Value::Object(obj), line: n + 1 });
+            let metadata = rest(&members, &["id", "title", "image"]);
+            items.push(InputItem { id, title, image, metadata, line: n + 1 });
             continue;
         }
         let name = match obj.get("image_name") {
@@ -160,7 +159,7 @@ fn read_lines(path: &Path, text: &str, format: InputFormat) -> Result<Vec<InputI
         };
         let (id, number) = split_image_name(&name).ok_or_else(|| Error::input(path, ln, format!("image_name {name:?} is not {{id}}_{{i}}.jpg")))?;
         let title = opt_string(&mut obj, "title", path, ln)?.unwrap_or_default();
-        let item = InputItem { id: id.clone(), title, image: Some(name), metadata: Value::Object(obj), line: n + 1 };
+        let item = InputItem { id: id.clone(), title, image: Some(name), metadata: rest(&members, &["title"]), line: n + 1 };
         match valid_at.get_mut(&id) {
             Some((at, best)) if number < *best => {
                 *best = number;
@@ -177,6 +176,11 @@ fn read_lines(path: &Path, text: &str, format: InputFormat) -> Result<Vec<InputI
     Ok(items)
 }
 
+/// The metadata text of an object's `members` without the fields in `taken`.
+fn rest(members: &[(String, &str)], taken: &[&str]) -> String {
+    object_text(members.iter().filter(|(k, _)| !taken.contains(&k.as_str())).map(|(k, v)| (k.as_str(), *v)))
+}
+
 /// `B08LYS9WYD_4.jpg` -> (`B08LYS9WYD`, 4).
 fn split_image_name(name: &str) -> Option<(String, u64)> {
     let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
@@ -184,40 +188,19 @@ fn split_image_name(name: &str) -> Option<(String, u64)> {
     Some((id.to_string(), i.parse().ok()?)).filter(|(id, _)| !id.is_empty())
 }
 
-/// Map entries in file order (serde_json's `Map` would sort them).
-struct Ordered(Vec<(String, Value)>);
-
-impl<'de> serde::Deserialize<'de> for Ordered {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Ordered;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object keyed by item id")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Ordered, A::Error> {
-                let mut v = Vec::with_capacity(m.size_hint().unwrap_or(0));
-                while let Some(kv) = m.next_entry::<String, Value>()? {
-                    v.push(kv);
-                }
-                Ok(Ordered(v))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 fn read_train(path: &Path, text: &str) -> Result<Vec<InputItem>> {
-    let Ordered(entries) = serde_json::from_str(text).map_err(|e| Error::input(path, Some(e.line()).filter(|l| *l > 0), format!("invalid JSON: {e}")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| Error::input(path, Some(e.line()).filter(|l| *l > 0), format!("invalid JSON: {e}")))?;
+    let entries = object_members(text).ok_or_else(|| Error::input(path, None, "expected a JSON object keyed by item id"))?;
     let mut items = Vec::with_capacity(entries.len());
-    for (id, value) in entries {
-        let Value::Object(mut obj) = value else {
+    for (id, raw) in entries {
+        let (Ok(Value::Object(mut obj)), Some(members)) = (serde_json::from_str::<Value>(raw), object_members(raw)) else {
             return Err(Error::input(path, None, format!("item {id:?}: expected an object")));
         };
         let title = opt_string(&mut obj, "title", path, None).map_err(|e| Error::input(path, None, format!("item {id:?}: {e}")))?;
         let has_image = matches!(obj.get("images"), Some(Value::Array(a)) if !a.is_empty());
         let image = has_image.then(|| format!("{id}_0.jpg"));
-        items.push(InputItem { id, title: title.unwrap_or_default(), image, metadata: Value::Object(obj), line: 0 });
+        items.push(InputItem { id, title: title.unwrap_or_default(), image, metadata: rest(&members, &["title"]), line: 0 });
     }
     Ok(items)
 }
@@ -239,7 +222,7 @@ mod tests {
         let items = read_items(&p, InputFormat::Auto).unwrap();
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].image.as_deref(), Some("a.jpg"));
-        assert_eq!(items[0].metadata, serde_json::json!({"price": 3}));
+        assert_eq!(items[0].metadata, r#"{"price":3}"#);
         assert_eq!((items[1].title.as_str(), items[1].image.as_deref(), items[1].line), ("", None, 3));
     }
 
@@ -267,7 +250,7 @@ mod tests {
         assert_eq!(items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["Z1", "A1"]);
         assert_eq!(items[0].image.as_deref(), Some("Z1_0.jpg"));
         assert_eq!(items[1].image, None);
-        assert!(items[0].metadata.get("images").is_some());
+        assert!(items[0].metadata.starts_with(r#"{"images":[{"large": "u"}"#), "{}", items[0].metadata);
     }
 
     #[test]
@@ -279,7 +262,7 @@ mod tests {
         let items = read_items(&p, InputFormat::Auto).unwrap();
         assert_eq!(items.len(), 2);
         assert_eq!((items[0].id.as_str(), items[0].image.as_deref(), items[0].line), ("B1", Some("B1_2.jpg"), 1));
-        assert_eq!(items[0].metadata["image"], "u2");
+        assert_eq!(items[0].metadata, r#"{"image_name":"B1_2.jpg","image":"u2"}"#);
     }
 
     #[test]

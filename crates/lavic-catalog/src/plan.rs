@@ -13,7 +13,8 @@ use crate::encode::{cpu_threads, encode_views, parallel_map, prepare_bytes, sha2
 use crate::error::{Error, Result};
 use crate::format::{StoreForm, FLAG_IMAGE_MISSING};
 use crate::stored::StoredItem;
-use crate::update::{check_id, NewItem, UpsertReport};
+use crate::rules::check_item;
+use crate::update::{NewItem, UpsertReport};
 
 /// The version of an item currently stored, as far as change detection needs it.
 pub(crate) struct Current {
@@ -61,14 +62,13 @@ pub(crate) fn plan_upsert(items: &[NewItem], encoder: &ImageEncoder, input: &Pla
     let mut seen = HashSet::new();
     let mut accepted: Vec<(&NewItem, [u8; 32], String)> = Vec::new();
     for it in items {
-        if let Err(reason) = check_id(&it.id) {
-            report.failed.push((it.id.clone(), reason));
-        } else if !seen.insert(it.id.as_str()) {
-            report.failed.push((it.id.clone(), "the same id twice in one upsert".into()));
-        } else {
-            let sha = it.image.as_deref().map(sha256).unwrap_or(MISSING_SHA);
-            let meta = serde_json::to_string(&it.metadata).expect("JSON values serialise");
-            accepted.push((it, sha, meta));
+        match check_item(&it.id, &it.title, &it.metadata) {
+            Err(reason) => report.failed.push((it.id.clone(), reason)),
+            Ok(_) if !seen.insert(it.id.as_str()) => report.failed.push((it.id.clone(), "the same id twice in one upsert".into())),
+            Ok(meta) => {
+                let sha = it.image.as_deref().map(sha256).unwrap_or(MISSING_SHA);
+                accepted.push((it, sha, meta));
+            }
         }
     }
     let currents: Vec<Option<Current>> = accepted.iter().map(|(it, _, _)| (input.current)(&it.id)).collect();

@@ -8,11 +8,10 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-
 use crate::error::{Error, Result};
 use crate::format::{base_name, crc, feature_bytes, Manifest, Record, SegHeader, StoreForm, RECORD_LEN, SEG_HEADER_LEN};
 use crate::fsutil::fsync_dir;
+use crate::mapped::MappedFile;
 
 /// One entry as stored, borrowed from a segment or a delta record. Only
 /// [`EntryView::verify`] proves its bytes are intact.
@@ -51,10 +50,10 @@ impl EntryView<'_> {
     }
 }
 
-/// A mapped base segment.
+/// A mapped base segment. Every read checks first that the file was not cut short under us.
 pub(crate) struct Segment {
     path: PathBuf,
-    map: Mmap,
+    map: MappedFile,
     header: SegHeader,
 }
 
@@ -63,15 +62,14 @@ impl Segment {
     /// the header: O(1) whatever the number of entries.
     pub fn open(dir: &Path, m: &Manifest) -> Result<Self> {
         let path = dir.join(&m.base_file);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        // Base segments are never written after they are renamed into place (writers create a
+        // new generation instead); one cut short by an outside writer is caught by `bytes`.
+        let map = MappedFile::open(&path, None)?;
+        let len = map.len() as u64;
         if len != m.base_bytes {
             return Err(Error::corrupt(&path, format!("file is {len} bytes, the manifest says {}", m.base_bytes)));
         }
-        // SAFETY: base segments are never written after they are renamed into place (writers
-        // create a new generation instead), so the mapped bytes do not change under us.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let header = SegHeader::decode(&map, &path)?;
+        let header = SegHeader::decode(map.bytes()?, &path)?;
         let agrees = header.form == m.form
             && header.width as usize == m.width
             && header.count == m.base_items
@@ -81,16 +79,14 @@ impl Segment {
         if !agrees {
             return Err(Error::corrupt(&path, "segment header does not agree with catalog.json"));
         }
-        #[cfg(unix)]
-        let _ = map.advise(memmap2::Advice::Random);
+        map.advise(memmap2::Advice::Random);
         Ok(Self { path, map, header })
     }
 
     /// Hints the kernel that the whole segment will be read in order (verify, merge), so it reads
     /// ahead; lookups keep the default random-access hint set at open.
     pub fn advise_sequential(&self) {
-        #[cfg(unix)]
-        let _ = self.map.advise(memmap2::Advice::Sequential);
+        self.map.advise(memmap2::Advice::Sequential);
     }
 
     /// The segment file.
@@ -108,13 +104,18 @@ impl Segment {
         self.header.count
     }
 
-    /// Record `i` and its id, record CRC checked.
-    fn record(&self, i: u64) -> Result<(Record, &[u8])> {
+    /// Checks the file was not cut short under us (see [`MappedFile::check`]).
+    pub fn check(&self) -> Result<()> {
+        self.map.check()
+    }
+
+    /// Record `i` of the checked bytes `map` and its id, record CRC checked.
+    fn record<'m>(&self, map: &'m [u8], i: u64) -> Result<(Record, &'m [u8])> {
         let h = &self.header;
         let at = (h.records_off + i * RECORD_LEN as u64) as usize;
-        let raw = &self.map[at..at + RECORD_LEN];
+        let raw = &map[at..at + RECORD_LEN];
         let r = Record::decode(raw);
-        let blob = &self.map[h.blob_off as usize..(h.blob_off + h.blob_len) as usize];
+        let blob = &map[h.blob_off as usize..(h.blob_off + h.blob_len) as usize];
         let end = r.id_off as u128 + r.id_len as u128 + r.title_len as u128 + r.meta_len as u128;
         if end > blob.len() as u128 || r.slot >= h.slots {
             return Err(Error::corrupt(&self.path, format!("entry record {i} is out of bounds")));
@@ -132,10 +133,11 @@ impl Segment {
     /// Binary search for `id`. Every record visited has its CRC checked, so a damaged id table
     /// is reported rather than silently misdirecting the search.
     pub fn find(&self, id: &str) -> Result<Option<u64>> {
+        let map = self.map.bytes()?;
         let (mut lo, mut hi) = (0u64, self.header.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let (_, rid) = self.record(mid)?;
+            let (_, rid) = self.record(map, mid)?;
             match rid.cmp(id.as_bytes()) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
@@ -148,9 +150,10 @@ impl Segment {
     /// Entry `i` (record CRC checked; call [`EntryView::verify`] for the data).
     pub fn entry(&self, i: u64) -> Result<EntryView<'_>> {
         let h = &self.header;
-        let (r, id) = self.record(i)?;
+        let map = self.map.bytes()?;
+        let (r, id) = self.record(map, i)?;
         let id = std::str::from_utf8(id).map_err(|_| Error::corrupt(&self.path, format!("entry record {i}: id is not UTF-8")))?;
-        let blob = &self.map[h.blob_off as usize..(h.blob_off + h.blob_len) as usize];
+        let blob = &map[h.blob_off as usize..(h.blob_off + h.blob_len) as usize];
         let t0 = (r.id_off + r.id_len as u64) as usize;
         let m0 = t0 + r.title_len as usize;
         let f0 = (h.features_off + r.slot * h.stride()) as usize;
@@ -158,7 +161,7 @@ impl Segment {
             id,
             title: &blob[t0..m0],
             meta: &blob[m0..m0 + r.meta_len as usize],
-            features: &self.map[f0..f0 + h.stride() as usize],
+            features: &map[f0..f0 + h.stride() as usize],
             flags: r.flags,
             image_sha: r.image_sha,
             data_crc: r.data_crc,
@@ -168,7 +171,7 @@ impl Segment {
 
     /// Feature slot index of entry `i` (for verification statistics).
     pub fn slot_of(&self, i: u64) -> Result<u64> {
-        Ok(self.record(i)?.0.slot)
+        Ok(self.record(self.map.bytes()?, i)?.0.slot)
     }
 }
 

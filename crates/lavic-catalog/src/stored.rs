@@ -8,7 +8,7 @@ use half::f16;
 use lavic_model::ImageEncoder;
 
 use crate::catalog::{CatalogItem, ItemInfo};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::{hex, StoreForm, VIEWS};
 
 /// One stored item, as read from (or written to) a backend. Its bytes were checked against their
@@ -30,16 +30,14 @@ pub struct StoredItem {
 }
 
 impl StoredItem {
-    /// What `Catalog.GetItem` shows about the item (metadata parsed).
+    /// What `Catalog.GetItem` shows about the item (metadata as stored).
     pub fn info(&self) -> Result<ItemInfo> {
-        let metadata = serde_json::from_str(&self.metadata)
-            .map_err(|e| Error::InvalidArgument(format!("item {:?}: stored metadata is not JSON: {e}", self.id)))?;
         Ok(ItemInfo {
             id: self.id.clone(),
             title: self.title.clone(),
             image_sha256: if self.image_missing { String::new() } else { hex(&self.image_sha256) },
             image_missing: self.image_missing,
-            metadata,
+            metadata: self.metadata.clone(),
         })
     }
 

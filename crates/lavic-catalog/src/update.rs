@@ -13,21 +13,22 @@ use lavic_model::ImageEncoder;
 use crate::catalog::Catalog;
 use crate::delta::{encode_delete, encode_upsert, Op};
 use crate::error::{Error, Result};
-use crate::format::{self, now_unix, Manifest, FLAG_IMAGE_MISSING, MAX_ID_BYTES};
+use crate::format::{self, now_unix, Manifest, FLAG_IMAGE_MISSING};
 use crate::plan::{plan_upsert, Current, PlanInput};
 use crate::fsutil::{write_atomic, DirLock};
 
 /// One item to add or replace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewItem {
-    /// Item id (1 to 1024 bytes).
+    /// Item id (see `rules`: 1 to 1024 bytes, printable, no surrounding spaces).
     pub id: String,
     /// Title (may be empty).
     pub title: String,
     /// Encoded image bytes; `None` = missing, the reference's white image is used.
     pub image: Option<Vec<u8>>,
-    /// Extra fields kept with the item.
-    pub metadata: serde_json::Value,
+    /// Extra fields kept with the item: a JSON object's text (empty: `{}`), stored exactly as
+    /// given.
+    pub metadata: String,
 }
 
 /// What an upsert did.
@@ -41,21 +42,11 @@ pub struct UpsertReport {
     pub reused: usize,
     /// Items identical to their current version (nothing written).
     pub unchanged: usize,
-    /// Items refused, with the reason (bad id, undecodable image...); nothing changed for them.
+    /// Items refused, with the reason (an item rule of `rules`, an undecodable image...);
+    /// nothing changed for them.
     pub failed: Vec<(String, String)>,
     /// Items stored with the white image because no image was given.
     pub missing_images: Vec<String>,
-}
-
-/// Checks an item id.
-pub(crate) fn check_id(id: &str) -> std::result::Result<(), String> {
-    if id.is_empty() {
-        Err("empty item id".into())
-    } else if id.len() > MAX_ID_BYTES {
-        Err(format!("item id is {} bytes, over the limit of {MAX_ID_BYTES}", id.len()))
-    } else {
-        Ok(())
-    }
 }
 
 impl Catalog {
@@ -155,17 +146,5 @@ impl Catalog {
             self.apply(id, op);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_checked() {
-        assert!(check_id("B0012GVT7O").is_ok());
-        assert!(check_id("").is_err());
-        assert!(check_id(&"x".repeat(MAX_ID_BYTES + 1)).is_err());
     }
 }

@@ -73,7 +73,7 @@ fn a_flipped_feature_byte_is_reported_by_verify_and_by_the_lookup() {
             assert!(cat.tokens(&[id], &enc).unwrap()[0].is_some());
         }
         // An upsert replaces the damaged item (it is re-encoded, never copied).
-        let item = NewItem { id: bad_id.to_string(), title: "t".into(), image: Some(image_bytes("small.png")), metadata: serde_json::json!({}) };
+        let item = NewItem { id: bad_id.to_string(), title: "t".into(), image: Some(image_bytes("small.png")), metadata: "{}".into() };
         assert_eq!(cat.upsert(&[item], &enc).unwrap().encoded, 1);
         assert!(cat.tokens(&[bad_id], &enc).unwrap()[0].is_some());
     }
@@ -112,7 +112,7 @@ fn flipped_bytes_in_records_strings_header_manifest_and_delta_are_detected() {
     let dir = copy_of(&good, "delta");
     let enc = encoder();
     let cat = Catalog::open(&dir).unwrap();
-    let item = NewItem { id: "NEW".into(), title: "t".into(), image: Some(image_bytes("small.png")), metadata: serde_json::json!({}) };
+    let item = NewItem { id: "NEW".into(), title: "t".into(), image: Some(image_bytes("small.png")), metadata: "{}".into() };
     cat.upsert(&[item], &enc).unwrap();
     drop(cat);
     let delta = dir.join(manifest(&dir)["delta_file"].as_str().unwrap());

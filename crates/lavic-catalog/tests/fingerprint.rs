@@ -48,7 +48,7 @@ fn a_changed_adapter_changes_the_fingerprint_and_the_old_cache_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains(enc.fingerprint()) && msg.contains(new_enc.fingerprint()) && msg.contains("rebuild"), "{msg}");
     assert!(matches!(cat.tokens(&["B000000000"], &new_enc), Err(Error::FingerprintMismatch { .. })));
-    let item = NewItem { id: "x".into(), title: String::new(), image: None, metadata: serde_json::Value::Null };
+    let item = NewItem { id: "x".into(), title: String::new(), image: None, metadata: String::new() };
     assert!(matches!(cat.upsert(&[item], &new_enc), Err(Error::FingerprintMismatch { .. })));
 
     // Rebuilding with the new adapter re-encodes everything; then the new encoder is accepted.

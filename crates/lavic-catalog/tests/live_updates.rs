@@ -11,7 +11,7 @@ use common::*;
 use lavic_catalog::{compact, verify, Catalog, Error, NewItem, StoreForm};
 
 fn new_item(id: &str, image: &str, title: &str) -> NewItem {
-    NewItem { id: id.into(), title: title.into(), image: Some(image_bytes(image)), metadata: serde_json::json!({"src": "rpc"}) }
+    NewItem { id: id.into(), title: title.into(), image: Some(image_bytes(image)), metadata: r#"{"src":"rpc"}"#.into() }
 }
 
 #[test]
@@ -52,7 +52,7 @@ fn upserts_encode_only_new_or_changed_images_and_persist() {
     assert_eq!(r.encoded, 1);
     // Items without an image share the white image's features: one vision pass per open catalog,
     // every further one counted as reused.
-    let imageless = |id: &str| NewItem { id: id.into(), title: id.to_uppercase(), image: None, metadata: serde_json::Value::Null };
+    let imageless = |id: &str| NewItem { id: id.into(), title: id.to_uppercase(), image: None, metadata: String::new() };
     let before = enc.images_encoded();
     let r = cat.upsert(&[imageless("w"), imageless("x")], &enc).unwrap();
     assert_eq!(r.missing_images, vec!["w".to_string(), "x".to_string()]);

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::decode::decode_images;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::queue::{Outcome, Queue, RecommendJob, UpsertJob, Work};
@@ -124,6 +125,8 @@ pub struct Core {
     id_prefix: String,
     /// Test hook: holds every image decoding before it starts (None in production).
     pub decode_gate: Option<crate::queue::Gate>,
+    /// Which error lines are written (repeated ones are counted, not all written).
+    log_limit: LogLimiter,
 }
 
 impl Core {
@@ -141,6 +144,7 @@ impl Core {
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}-{:x}", std::process::id(), t),
             decode_gate: None,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -235,18 +239,22 @@ impl Core {
         Call { request_id, arrival, deadline }
     }
 
-    /// Counts and logs a finished call.
+    /// Counts and logs a finished call. Error lines are rate limited per method and status
+    /// ([`LogLimiter`]): a written one carries how many like it were left out before it.
     fn finish<T>(&self, method: &'static str, call: &Call, result: &Result<T>) {
         let elapsed = call.arrival.elapsed();
         let status = result.as_ref().map_or_else(Error::kind, |_| "ok");
         self.metrics.observe_call(method, status, elapsed);
         let ms = elapsed.as_millis() as u64;
-        match result {
-            Ok(_) => tracing::info!(method, request_id = %call.request_id, ms, "ok"),
-            Err(e) if e.code() == tonic::Code::Internal => {
-                tracing::error!(method, request_id = %call.request_id, ms, error = %e, "failed")
-            }
-            Err(e) => tracing::info!(method, request_id = %call.request_id, ms, status, error = %e, "refused"),
+        let e = match result {
+            Ok(_) => return tracing::info!(method, request_id = %call.request_id, ms, "ok"),
+            Err(e) => e,
+        };
+        let Some(suppressed) = self.log_limit.admit(method, status, Instant::now()) else { return };
+        if e.code() == tonic::Code::Internal {
+            tracing::error!(method, request_id = %call.request_id, ms, error = %e, suppressed, "failed")
+        } else {
+            tracing::info!(method, request_id = %call.request_id, ms, status, error = %e, suppressed, "refused")
         }
     }
 

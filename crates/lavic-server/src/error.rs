@@ -144,8 +144,10 @@ fn catalog_code(e: &lavic_catalog::Error) -> tonic::Code {
         C::Stale(_) | C::FingerprintMismatch { .. } | C::NotACatalog { .. } | C::Incompatible(_) | C::StoreRejected { .. } => {
             Code::FailedPrecondition
         }
-        // A build or merge holds the writer lock; an unreachable store: later may work.
-        C::Busy(_) | C::StoreUnavailable { .. } => Code::Unavailable,
+        // A build or merge holds the writer lock; an unreachable store; a catalog file changed
+        // under the server (it reopens the catalog, or is NOT_SERVING meanwhile): later, or
+        // another replica, may work.
+        C::Busy(_) | C::StoreUnavailable { .. } | C::ChangedOnDisk { .. } => Code::Unavailable,
         C::Corrupt { .. } | C::StoreCorrupt { .. } => Code::DataLoss,
         C::InvalidArgument(_) | C::Input { .. } | C::DuplicateId { .. } => Code::InvalidArgument,
         C::Model(_) | C::Candle(_) => Code::Internal,

@@ -16,6 +16,7 @@
 //! - [`server`]: the tower stack, health, reflection, start-up, warm-up and drain;
 //! - [`readiness`]: health follows the catalog store (NOT_SERVING after a long outage);
 //! - [`metrics`] + [`store_metrics`]: Prometheus on a separate port; [`client`]: the CLI's gRPC client commands.
+//! - [`log_limit`]: repeated request-error log lines are rate limited (and counted).
 
 pub mod client;
 pub mod codec;
@@ -25,6 +26,7 @@ pub mod core;
 pub mod decode;
 pub mod engine;
 pub mod error;
+pub mod log_limit;
 pub mod metrics;
 pub mod queue;
 pub mod readiness;

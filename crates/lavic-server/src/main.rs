@@ -115,6 +115,9 @@ fn main() -> std::process::ExitCode {
             dev::run(command)
         }
     };
+    // Never wait on blocking tasks still running at exit (a drain bounded by the grace period
+    // has already left them behind): dropping the runtime would.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

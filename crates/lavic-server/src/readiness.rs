@@ -5,6 +5,12 @@
 //! traffic to replicas that can still serve. They turn SERVING again when the store answers.
 //! The watch also keeps the store gauges (`lavic_catalog_store_up`, `..._outage_seconds`,
 //! `lavic_catalog_items`) current.
+//!
+//! For a catalog folder the watch checks every second that the folder still holds the catalog
+//! that was opened ([`crate::store::Store::check_folder`]): a catalog rebuilt in place is
+//! reopened and served at once (logged); one that cannot be reopened (a file cut short, a
+//! fingerprint that no longer matches) turns the services NOT_SERVING with an error log line
+//! naming what changed, until it can be reopened.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +21,7 @@ use tonic_health::ServingStatus;
 
 use crate::core::Core;
 use crate::engine::Engine;
+use crate::store::FolderCheck;
 
 /// How often the watch looks at the store's health.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -25,11 +32,11 @@ pub fn store_allows_serving(outage: Option<Duration>, limit: Duration) -> bool {
     outage.is_none_or(|d| d <= limit)
 }
 
-/// Starts the watch for a shared store (`None` for a catalog folder, which has no outages). The
-/// caller aborts the task before draining, which sets NOT_SERVING for good.
+/// Starts the watch of the catalog: a shared store's outages, or a folder's changes on disk.
+/// The caller aborts the task before draining, which sets NOT_SERVING for good.
 pub fn spawn_store_watch(core: Arc<Core>, engine: Arc<Engine>, health: HealthReporter, limit: Duration) -> Option<JoinHandle<()>> {
     if !engine.store.backend().is_shared() {
-        return None;
+        return Some(spawn_folder_watch(core, engine, health));
     }
     Some(tokio::spawn(async move {
         let mut serving = true;
@@ -65,6 +72,37 @@ pub fn spawn_store_watch(core: Arc<Core>, engine: Arc<Engine>, health: HealthRep
             }
         }
     }))
+}
+
+/// The watch of a catalog folder: reopens a catalog changed on disk, NOT_SERVING while that fails.
+fn spawn_folder_watch(core: Arc<Core>, engine: Arc<Engine>, health: HealthReporter) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut serving = true;
+        let mut tick = tokio::time::interval(INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let e = engine.clone();
+            let Ok(check) = tokio::task::spawn_blocking(move || e.store.check_folder(&e.model.encoder)).await else { continue };
+            let catalog = engine.store.describe();
+            match check {
+                FolderCheck::Unchanged => {}
+                FolderCheck::Reloaded(what) => {
+                    tracing::warn!(catalog, changed = %what, items = engine.store.len(), "catalog changed on disk: reopened, serving the new catalog");
+                    if !serving && core.accepting() {
+                        serving = true;
+                        crate::server::set_services(&health, ServingStatus::Serving).await;
+                    }
+                }
+                FolderCheck::Broken(why) if serving && core.accepting() => {
+                    tracing::error!(catalog, reason = %why, "catalog changed on disk and cannot be reopened: NOT_SERVING until it can");
+                    serving = false;
+                    crate::server::set_services(&health, ServingStatus::NotServing).await;
+                }
+                FolderCheck::Broken(_) => {}
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ pub struct Hooks {
     pub gate: Option<Gate>,
     /// Holds every inline-image decoding before it starts, until opened.
     pub decode_gate: Option<Gate>,
+    /// Holds every UpsertItems in the catalog lane before it runs, until opened.
+    pub catalog_gate: Option<Gate>,
 }
 
 /// Removes the demo catalog's temporary folder when [`serve`] returns, however it returns (as
@@ -270,9 +272,12 @@ impl Running {
     }
 
     /// Refuses new calls, lets admitted ones finish, closes connections, stops the workers and
-    /// the metrics endpoint, all within `grace`.
+    /// the metrics endpoint, all within `grace` (plus at most [`METRICS_STOP`]): what is still
+    /// running then is left behind (an in-flight call's connection is reset, a busy worker thread
+    /// is not waited for), so that shutdown never outlasts the grace period an orchestrator
+    /// allows before SIGKILL.
     async fn drain(mut self, grace: Duration) {
-        let until = Instant::now() + grace;
+        let until = tokio::time::Instant::now() + grace;
         if let Some(w) = self.store_watch.take() {
             w.abort();
         }
@@ -280,31 +285,38 @@ impl Running {
         core.start_draining();
         set_services(&self.health, ServingStatus::NotServing).await;
         tracing::info!(inflight = core.admitted(), grace_secs = grace.as_secs(), "draining");
-        if !core.drained(until).await {
+        if !core.drained(until.into_std()).await {
             tracing::warn!(inflight = core.admitted(), "grace period over with requests still admitted");
         }
         // Close connections (GOAWAY) and wait for the streams still open, within what is left.
         let _ = self.stop_grpc.send(());
-        let left = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        if tokio::time::timeout(left, &mut self.grpc_task).await.is_err() {
+        if tokio::time::timeout_at(until, &mut self.grpc_task).await.is_err() {
             tracing::warn!("grace period over; closing the remaining connections");
             self.grpc_task.abort();
         }
-        // Let the workers finish what they hold and exit.
+        // Let the workers finish what they hold and exit, within what is left. They are joined
+        // on a plain thread, not the blocking pool: the runtime waits for blocking tasks when it
+        // shuts down, and a worker busy past the grace period must not hold the process.
         core.close_queue();
-        let left = until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-        let workers = self.workers;
-        let joined = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())));
-        if tokio::time::timeout(left, joined).await.is_err() {
-            tracing::warn!("model workers still busy at the end of the grace period");
+        let (joined, all_joined) = oneshot::channel::<()>();
+        let workers = std::mem::take(&mut self.workers);
+        let joiner = std::thread::Builder::new().name("lavic-join".into()).spawn(move || {
+            workers.into_iter().for_each(|w| drop(w.join()));
+            let _ = joined.send(());
+        });
+        if joiner.is_err() || tokio::time::timeout_at(until, all_joined).await.is_err() {
+            tracing::warn!("model workers still busy at the end of the grace period; not waiting for them");
         }
         let _ = self.stop_metrics.send(());
         if let Some(t) = self.metrics_task {
-            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+            let _ = tokio::time::timeout_at(until.max(tokio::time::Instant::now()) + METRICS_STOP, t).await;
         }
         tracing::info!(unfinished = core.admitted(), "stopped");
     }
 }
+
+/// The most the metrics endpoint's stop may add to the grace period.
+const METRICS_STOP: Duration = Duration::from_millis(100);
 
 /// Loads the engine, starts the workers, warms up, and marks the services SERVING.
 async fn start(
@@ -322,7 +334,7 @@ async fn start(
         .map_err(|e| Error::Startup(format!("loading panicked: {e}")))??;
     let engine = Arc::new(engine);
     let policy = BatchPolicy { max_batch: config.max_batch, window: Duration::from_millis(config.batch_window_ms) };
-    running.workers = worker::spawn(config.workers, engine.clone(), jobs, policy, hooks.gate)
+    running.workers = worker::spawn(config.workers, engine.clone(), jobs, policy, hooks.gate, hooks.catalog_gate)
         .map_err(|e| Error::Startup(format!("cannot start the model workers: {e}")))?;
     core.set_engine(engine.clone());
     if config.warmup {

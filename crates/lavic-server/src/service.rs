@@ -162,7 +162,7 @@ impl catalog_server::Catalog for CatalogService {
                     title: info.title,
                     image_missing: info.image_missing,
                     image_sha256: info.image_sha256,
-                    metadata_json: info.metadata.to_string(),
+                    metadata_json: info.metadata,
                 }),
                 (id, None) => Err(Error::NotFound { what: "item", ids: vec![id] }),
             }

@@ -6,9 +6,15 @@
 //! Writes are acknowledged only when they are durable: a catalog folder the process cannot write
 //! (the read-only volume of a Kubernetes manifest) refuses them with FAILED_PRECONDITION, unless
 //! `allow_memory_only_writes` is set, and then every write response says `memory_only`.
+//!
+//! A catalog folder changed under the running server (rebuilt in place by `lavic catalog build`,
+//! a file cut short by a restore) is found by [`Store::check_folder`], which the readiness watch
+//! runs every second: the folder is reopened and swapped in atomically (calls already running
+//! finish on the old catalog), or, while it cannot be reopened, the services go NOT_SERVING and
+//! reads of what changed answer UNAVAILABLE (never a crash: see `lavic_catalog`'s checked maps).
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use lavic_catalog::{Catalog, CatalogBackend, CatalogItem, ItemInfo, NewItem, RedisConfig, RedisStore, StoreForm, UpsertReport};
@@ -37,9 +43,41 @@ enum Writes {
     Refused(String),
 }
 
+/// A catalog folder and how it was opened, to reopen it the same way.
+#[derive(Debug, Clone)]
+struct Folder {
+    dir: PathBuf,
+    /// Opened with [`Catalog::open`] (else [`Catalog::open_read_only`]).
+    writable: bool,
+}
+
+impl Folder {
+    fn open(&self) -> lavic_catalog::Result<Catalog> {
+        if self.writable {
+            Catalog::open(&self.dir)
+        } else {
+            Catalog::open_read_only(&self.dir)
+        }
+    }
+}
+
+/// What [`Store::check_folder`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderCheck {
+    /// Not a folder, or the folder still holds what was opened.
+    Unchanged,
+    /// The folder changed (what changed is said) and was reopened.
+    Reloaded(String),
+    /// The folder changed and cannot be reopened (why is said): nothing of what changed is read.
+    Broken(String),
+}
+
 /// The catalog shared by handlers and workers.
 pub struct Store {
-    catalog: CatalogBackend,
+    /// The current catalog, swapped whole when its folder changed and was reopened.
+    catalog: RwLock<Arc<CatalogBackend>>,
+    /// The catalog folder (`None`: Redis).
+    folder: Option<Folder>,
     writes: Writes,
     /// The demo catalog's temporary folder (removed by [`Store::close`] or on drop); in a mutex
     /// so that `close` can take it through the shared reference.
@@ -62,14 +100,15 @@ impl Store {
     /// `items` is the gauge the store keeps at its item count.
     pub fn open(dir: &Path, encoder: &ImageEncoder, items: Gauge, allow_memory_only: bool) -> Result<Self> {
         let writable = tempfile::tempfile_in(dir).is_ok();
+        let folder = Folder { dir: dir.to_path_buf(), writable };
         let (catalog, writes) = if writable {
-            (Catalog::open(dir), Writes::Durable)
+            (folder.open(), Writes::Durable)
         } else if allow_memory_only {
             tracing::warn!(
                 dir = %dir.display(),
                 "catalog folder is not writable: Catalog.UpsertItems/DeleteItems apply in memory only (allow_memory_only_writes), are seen by this replica only and are lost on restart"
             );
-            (Catalog::open_read_only(dir), Writes::MemoryOnly)
+            (folder.open(), Writes::MemoryOnly)
         } else {
             let why = format!(
                 "the catalog folder {} is not writable by the server, so a write could not be made durable; \
@@ -77,11 +116,11 @@ impl Store {
                 dir.display()
             );
             tracing::warn!(dir = %dir.display(), "catalog folder is not writable: Catalog.UpsertItems/DeleteItems are refused");
-            (Catalog::open_read_only(dir), Writes::Refused(why))
+            (folder.open(), Writes::Refused(why))
         };
         let catalog = catalog.map_err(catalog_err)?;
         catalog.check_encoder(encoder).map_err(catalog_err)?;
-        Ok(Self::with(CatalogBackend::Mmap(catalog), writes, None, items))
+        Ok(Self::with(CatalogBackend::Mmap(catalog), Some(folder), writes, None, items))
     }
 
     /// Opens the fleet-wide catalog in Redis: the namespace of `encoder`'s fingerprint (created
@@ -93,11 +132,12 @@ impl Store {
         observer: Arc<dyn lavic_catalog::redis::StoreObserver>,
     ) -> Result<Self> {
         let store = RedisStore::open_for_encoder(config, encoder, Some(observer)).map_err(catalog_err)?;
-        Ok(Self::with(CatalogBackend::Redis(store), Writes::Durable, None, items))
+        Ok(Self::with(CatalogBackend::Redis(store), None, Writes::Durable, None, items))
     }
 
-    fn with(catalog: CatalogBackend, writes: Writes, temp: Option<tempfile::TempDir>, items: Gauge) -> Self {
-        let store = Self { catalog, writes, temp: std::sync::Mutex::new(temp), items };
+    fn with(catalog: CatalogBackend, folder: Option<Folder>, writes: Writes, temp: Option<tempfile::TempDir>, items: Gauge) -> Self {
+        let catalog = RwLock::new(Arc::new(catalog));
+        let store = Self { catalog, folder, writes, temp: std::sync::Mutex::new(temp), items };
         store.count();
         store
     }
@@ -121,14 +161,15 @@ impl Store {
                 id: id.to_string(),
                 title: title.to_string(),
                 image: Some(image.to_vec()),
-                metadata: serde_json::json!({ "demo": true }),
+                metadata: r#"{"demo":true}"#.into(),
             })
             .collect();
         let report = catalog.upsert(&demo, encoder).map_err(catalog_err)?;
         if let Some((id, why)) = report.failed.first() {
             return Err(Error::Startup(format!("demo item {id}: {why}")));
         }
-        Ok(Self::with(CatalogBackend::Mmap(catalog), Writes::Durable, Some(temp), items))
+        let folder = Folder { dir, writable: true };
+        Ok(Self::with(CatalogBackend::Mmap(catalog), Some(folder), Writes::Durable, Some(temp), items))
     }
 
     /// Removes the demo catalog's temporary folder (nothing for a real catalog). Call it once
@@ -141,14 +182,36 @@ impl Store {
         }
     }
 
-    /// The backend (folder or Redis).
-    pub fn backend(&self) -> &CatalogBackend {
-        &self.catalog
+    /// The current backend (folder or Redis).
+    pub fn backend(&self) -> Arc<CatalogBackend> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// For a catalog folder: checks it still holds the catalog that was opened (same
+    /// generation, no file cut short); when it changed, reopens it (same mode, same encoder
+    /// check) and swaps it in atomically. Blocking (reads `catalog.json`; a reopen replays the
+    /// delta log).
+    pub fn check_folder(&self, encoder: &ImageEncoder) -> FolderCheck {
+        let Some(folder) = &self.folder else { return FolderCheck::Unchanged };
+        let current = self.backend();
+        let CatalogBackend::Mmap(cat) = &*current else { return FolderCheck::Unchanged };
+        let changed = match cat.check_on_disk() {
+            Ok(()) => return FolderCheck::Unchanged,
+            Err(e) => e.to_string(),
+        };
+        match folder.open().and_then(|c| c.check_encoder(encoder).map(|_| c)) {
+            Ok(c) => {
+                *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(CatalogBackend::Mmap(c));
+                self.count();
+                FolderCheck::Reloaded(changed)
+            }
+            Err(e) => FolderCheck::Broken(format!("{changed}; reopening it failed: {e}")),
+        }
     }
 
     /// The store, for logs and `ModelInfo`: the folder, or the Redis URL and namespace.
     pub fn describe(&self) -> String {
-        self.catalog.describe()
+        self.backend().describe()
     }
 
     /// Whether writes through this replica are kept in its memory only (lost on restart).
@@ -158,12 +221,12 @@ impl Store {
 
     /// How long the catalog store has been unreachable (`None`: reachable, or a folder).
     pub fn outage_for(&self) -> Option<Duration> {
-        self.catalog.outage_for()
+        self.backend().outage_for()
     }
 
     /// Number of items (for Redis: as of the last write or health check).
     pub fn len(&self) -> usize {
-        self.catalog.len()
+        self.backend().len()
     }
 
     /// Whether the catalog has no items.
@@ -173,13 +236,13 @@ impl Store {
 
     /// The catalog's encoder fingerprint.
     pub fn fingerprint(&self) -> String {
-        self.catalog.fingerprint().to_string()
+        self.backend().fingerprint().to_string()
     }
 
     /// Whether `id` is a live item, when that is known without a round trip: `Some` for a
     /// folder (an index lookup), `None` for Redis (the lookup itself will tell).
     pub fn contains(&self, id: &str) -> Option<bool> {
-        match &self.catalog {
+        match &*self.backend() {
             CatalogBackend::Mmap(c) => Some(c.contains(id)),
             CatalogBackend::Redis(_) => None,
         }
@@ -187,12 +250,12 @@ impl Store {
 
     /// Image tokens of `ids` (None for unknown ids), in one lookup.
     pub fn tokens(&self, ids: &[&str], encoder: &ImageEncoder) -> Result<Vec<Option<CatalogItem>>> {
-        self.catalog.tokens(ids, encoder).map_err(catalog_err)
+        self.backend().tokens(ids, encoder).map_err(catalog_err)
     }
 
     /// One item's stored description.
     pub fn get(&self, id: &str) -> Result<Option<ItemInfo>> {
-        self.catalog.get(id).map_err(catalog_err)
+        self.backend().get(id).map_err(catalog_err)
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -205,7 +268,7 @@ impl Store {
     /// Encodes and stores items.
     pub fn upsert(&self, items: &[NewItem], encoder: &ImageEncoder) -> Result<UpsertReport> {
         self.check_writable()?;
-        let report = self.catalog.upsert(items, encoder).map_err(catalog_err);
+        let report = self.backend().upsert(items, encoder).map_err(catalog_err);
         self.count();
         report
     }
@@ -213,7 +276,7 @@ impl Store {
     /// Deletes items; returns how many existed.
     pub fn delete(&self, ids: &[&str]) -> Result<usize> {
         self.check_writable()?;
-        let deleted = self.catalog.delete(ids).map_err(catalog_err);
+        let deleted = self.backend().delete(ids).map_err(catalog_err);
         self.count();
         deleted
     }

@@ -17,11 +17,11 @@ use crate::config::{Config, UnknownIds};
 use crate::error::{Error, Result};
 use crate::proto::{self, recommend_request::Dialogue as DialogueField, Role};
 
-/// Longest accepted item id, in bytes: the catalog format's limit, so that every id a catalog
-/// can hold can also be asked for, fetched and deleted.
-pub const MAX_ID_BYTES: usize = lavic_catalog::format::MAX_ID_BYTES;
-/// Longest accepted title, in bytes.
-pub const MAX_TITLE_BYTES: usize = 4096;
+/// Longest accepted item id, in bytes: the catalog's limit, so that every id a catalog can hold
+/// can also be asked for, fetched and deleted.
+pub const MAX_ID_BYTES: usize = lavic_catalog::rules::MAX_ID_BYTES;
+/// Longest accepted title, in bytes (the catalog's rule).
+pub const MAX_TITLE_BYTES: usize = lavic_catalog::rules::MAX_TITLE_BYTES;
 
 /// The request limits that validation enforces (from [`Config`]).
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +137,8 @@ impl<I> ValidRequest<I> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Item rules: ids, titles, images, uniqueness. One set for inline items and UpsertItems.
+// Item rules: ids, titles, images, uniqueness. One set for inline items and UpsertItems, and
+// the same as `lavic catalog build`'s: the rules themselves live in `lavic_catalog::rules`.
 
 fn check_reserved(field: &str, text: &str) -> Result<()> {
     for tok in ITEM_TOKENS {
@@ -148,29 +149,16 @@ fn check_reserved(field: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks an item id: non-empty, bounded, no control characters or surrounding spaces.
+/// Checks an item id (`lavic_catalog::rules::check_id`): non-empty, bounded, no control
+/// characters or surrounding spaces, no reserved token.
 pub fn check_id(field: &str, id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(Error::invalid(field, "empty id"));
-    }
-    if id.len() > MAX_ID_BYTES {
-        return Err(Error::invalid(field, format!("id is {} bytes, over the limit of {MAX_ID_BYTES}", id.len())));
-    }
-    if id.chars().any(char::is_control) || id.trim() != id {
-        return Err(Error::invalid(field, format!("id {id:?} has control characters or surrounding whitespace")));
-    }
-    check_reserved(field, id)
+    lavic_catalog::rules::check_id(id).map_err(|reason| Error::invalid(field, reason))
 }
 
-/// Checks a title: bounded, no control characters, no reserved tokens.
+/// Checks a title (`lavic_catalog::rules::check_title`): bounded, no control characters, no
+/// reserved tokens.
 pub fn check_title(field: &str, title: &str) -> Result<()> {
-    if title.len() > MAX_TITLE_BYTES {
-        return Err(Error::invalid(field, format!("title is {} bytes, over the limit of {MAX_TITLE_BYTES}", title.len())));
-    }
-    if title.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "title has control characters (newlines included)"));
-    }
-    check_reserved(field, title)
+    lavic_catalog::rules::check_title(title).map_err(|reason| Error::invalid(field, reason))
 }
 
 /// The rules every item follows wherever it comes from (Recommend's inline items,
@@ -386,16 +374,10 @@ pub fn upsert_items(req: proto::UpsertItemsRequest, limits: &Limits) -> Result<V
         .collect()
 }
 
-/// An item's metadata: a JSON object, `{}` when empty.
-fn metadata(field: &str, text: &str) -> Result<serde_json::Value> {
-    if text.trim().is_empty() {
-        return Ok(serde_json::json!({}));
-    }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
-        Ok(_) => Err(Error::invalid(field, "must be a JSON object")),
-        Err(e) => Err(Error::invalid(field, e.to_string())),
-    }
+/// An item's metadata (`lavic_catalog::rules::check_metadata`): a bounded JSON object kept as
+/// its exact text, `{}` when empty.
+fn metadata(field: &str, text: &str) -> Result<String> {
+    lavic_catalog::rules::check_metadata(text).map_err(|reason| Error::invalid(field, reason))
 }
 
 /// Checks a GetItem message; returns the id.
@@ -578,9 +560,9 @@ mod tests {
         let items = upsert(vec![item("A", "Mug", vec![1, 2], r#"{"brand":"Acme"}"#), item("B", "", vec![], " ")]).unwrap();
         assert_eq!(items[0].id, "A");
         assert_eq!(items[0].image.as_deref(), Some(&[1u8, 2][..]));
-        assert_eq!(items[0].metadata["brand"], "Acme");
+        assert_eq!(items[0].metadata, r#"{"brand":"Acme"}"#);
         assert_eq!(items[1].image, None, "no bytes: the white image");
-        assert_eq!(items[1].metadata, serde_json::json!({}));
+        assert_eq!(items[1].metadata, "{}");
     }
 
     #[test]

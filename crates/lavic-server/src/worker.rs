@@ -3,8 +3,14 @@
 //! caller is gone or whose deadline passed ([`Batch::form`]), runs the rest as one batch and
 //! answers each job on its own channel, inside the job's own tracing span. A panic in model code
 //! fails only that batch's requests; the worker keeps serving.
+//!
+//! UpsertItems' catalog encoding runs in its own lane: one `lavic-catalog` thread that the model
+//! workers hand upserts to, so that a large upsert (seconds of vision-tower work) never holds the
+//! recommendations queued behind it (issue 11, item 10). Upserts keep their admission slot until
+//! they are done, so the lane's backlog is bounded by admission like everything else.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,8 +46,8 @@ impl BatchPolicy {
     }
 }
 
-/// One batch as a worker runs it: the recommendations (one model call, default-mode ones in one
-/// forward pass), then the upserts one by one.
+/// One batch as a worker forms it: the recommendations (run as one model call, default-mode
+/// ones in one forward pass) and the upserts (handed to the catalog lane).
 #[derive(Default)]
 pub struct Batch {
     /// Recommendations, in queue order.
@@ -72,25 +78,39 @@ impl Batch {
     }
 }
 
-/// Starts `n` worker threads. They exit when every sender of the queue is dropped.
+/// Starts `n` model worker threads and the catalog lane. The workers exit when every sender of
+/// the queue is dropped, the lane once the workers are gone and its last upsert is done.
+/// `gate` holds every recommendation batch, `catalog_gate` every upsert (test hooks).
 pub fn spawn(
     n: usize,
     engine: Arc<Engine>,
     jobs: Jobs,
     policy: BatchPolicy,
     gate: Option<Gate>,
+    catalog_gate: Option<Gate>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    (0..n)
-        .map(|i| {
-            let (engine, jobs, gate) = (engine.clone(), jobs.clone(), gate.clone());
+    let (lane, upserts) = mpsc::channel::<UpsertJob>();
+    let e = engine.clone();
+    let mut threads = vec![std::thread::Builder::new().name("lavic-catalog".into()).spawn(move || {
+        for job in upserts {
+            if let Some(g) = &catalog_gate {
+                g.pass();
+            }
+            run_upsert(&e, job);
+        }
+    })?];
+    for i in 0..n {
+        let (engine, jobs, gate, lane) = (engine.clone(), jobs.clone(), gate.clone(), lane.clone());
+        threads.push(
             std::thread::Builder::new()
                 .name(format!("lavic-worker-{i}"))
-                .spawn(move || run(&engine, &jobs, policy, gate.as_ref()))
-        })
-        .collect()
+                .spawn(move || run(&engine, &jobs, policy, gate.as_ref(), &lane))?,
+        );
+    }
+    Ok(threads)
 }
 
-fn run(engine: &Engine, jobs: &Jobs, policy: BatchPolicy, gate: Option<&Gate>) {
+fn run(engine: &Engine, jobs: &Jobs, policy: BatchPolicy, gate: Option<&Gate>, lane: &mpsc::Sender<UpsertJob>) {
     let metrics = engine.metrics();
     while let Some(taken) = policy.take(jobs) {
         let (batch, dropped) = Batch::form(taken, Instant::now());
@@ -99,18 +119,19 @@ fn run(engine: &Engine, jobs: &Jobs, policy: BatchPolicy, gate: Option<&Gate>) {
             work.span().in_scope(|| tracing::info!(reason = reason.label(), "dropped from the queue before running"));
             work.drop_unrun(reason);
         }
-        if batch.is_empty() {
+        // Upserts go to the catalog lane (run here only if the lane is gone).
+        for job in batch.upserts {
+            if let Err(mpsc::SendError(job)) = lane.send(job) {
+                run_upsert(engine, job);
+            }
+        }
+        if batch.recommend.is_empty() {
             continue;
         }
         if let Some(g) = gate {
             g.pass();
         }
-        if !batch.recommend.is_empty() {
-            run_recommend(engine, batch.recommend);
-        }
-        for job in batch.upserts {
-            run_upsert(engine, job);
-        }
+        run_recommend(engine, batch.recommend);
     }
     tracing::debug!("model worker stopped: queue closed");
 }
@@ -270,7 +291,7 @@ mod tests {
         drop(gone);
         let mut live = submit(&q, "LIVE", later());
         let (reply, _upsert_answer) = oneshot::channel();
-        let item = lavic_catalog::NewItem { id: "UP".into(), title: String::new(), image: None, metadata: serde_json::json!({}) };
+        let item = lavic_catalog::NewItem { id: "UP".into(), title: String::new(), image: None, metadata: "{}".into() };
         let upsert = UpsertJob { span: tracing::Span::none(), items: vec![item], deadline: later(), reply, admission: q.admit(0).unwrap() };
         q.submit(Work::Upsert(upsert)).unwrap();
         assert_eq!(q.admitted(), 4);

@@ -46,8 +46,9 @@ use crate::catalog::{CatalogItem, ItemInfo};
 use crate::error::{Error, Result};
 use crate::format::StoreForm;
 use crate::plan::{plan_upsert, Current, PlanInput};
+use crate::rules::check_id;
 use crate::stored::{project_items, StoredItem};
-use crate::update::{check_id, NewItem, UpsertReport};
+use crate::update::{NewItem, UpsertReport};
 
 use self::conn::{Conn, NoObserver};
 use self::core::Core;

@@ -105,7 +105,7 @@ pub fn max_abs_value(a: &Tensor) -> f32 {
 }
 
 /// One item as stored: id, title, image sha, missing, metadata, bits of the stored features.
-pub type Stored = (String, String, String, bool, serde_json::Value, Vec<u16>);
+pub type Stored = (String, String, String, bool, String, Vec<u16>);
 
 /// Every live item of `ids` in a catalog.
 pub fn snapshot(cat: &Catalog, ids: &[String]) -> Vec<Stored> {

@@ -33,7 +33,7 @@ fn push_is_incremental_and_mirrors_the_catalog() {
     assert_eq!((r.added, r.updated, r.unchanged, r.batches), (0, 0, 40, 0), "{r:?}");
 
     // Change the catalog: a new image, an item that loses its image, a new item, a deleted item.
-    let it = |id: String, img: &str, title: &str| NewItem { id, title: title.into(), image: Some(image_bytes(img)), metadata: serde_json::json!({}) };
+    let it = |id: String, img: &str, title: &str| NewItem { id, title: title.into(), image: Some(image_bytes(img)), metadata: "{}".into() };
     cat.upsert(&[it(synthetic_id(0), "square.jpg", "Item 0"), it("NEW0000001".into(), "wide2.png", "new")], &enc).unwrap();
     let renamed = NewItem { title: "Item 1, renamed".into(), image: None, ..it(synthetic_id(1), "tall.png", "") };
     cat.upsert(&[renamed], &enc).unwrap();
