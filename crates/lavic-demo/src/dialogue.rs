@@ -56,11 +56,19 @@ pub const TEMPLATES: &[Template] = &[
     Template { id: "h03", text: "Shopping for my {relative}, who asked for a {kind} that is {req}." },
     Template { id: "h04", text: "Is there {np} that doesn't cost a fortune?" },
     Template { id: "h05", text: "I keep seeing boring ones, but what I really want is {np}." },
-    Template { id: "h06", text: "Hoping to track down {np} before {occasion}." },
+    Template { id: "h06", text: "Hoping to track down {np}; it is for {occasion}." },
 ];
 
 const OCCASIONS: &[&str] = &[
-    "work", "commuting", "the office", "a weekend trip", "my new flat", "college", "the beach", "everyday use", "the holidays",
+    "work",
+    "commuting",
+    "the office",
+    "a weekend trip",
+    "my new flat",
+    "college",
+    "the beach",
+    "everyday use",
+    "the holidays",
     "a birthday",
 ];
 const RELATIVES: &[&str] = &["sister", "brother", "dad", "mum", "partner", "best friend", "grandmother", "roommate"];
@@ -79,11 +87,8 @@ pub const NOISE: &[&str] = &[
 ];
 
 /// The seeker's follow-up naming one more attribute. Slot: `{pred}`.
-const FOLLOW_UPS: &[&str] = &[
-    "Edit: forgot to say, it should be {pred}.",
-    "OP here - it also needs to be {pred}.",
-    "Thanks all! One more thing: {pred} please.",
-];
+const FOLLOW_UPS: &[&str] =
+    &["Edit: forgot to say, it should be {pred}.", "OP here - it also needs to be {pred}.", "Thanks all! One more thing: {pred} please."];
 
 /// Conversation settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -143,7 +148,7 @@ fn choose_ask(gt: &Look, twins: &[Look], rng: &mut Rng) -> Vec<Attribute> {
     normalise(&mut asked, gt);
     while let Some(t) = twins.iter().find(|t| gt.satisfies(t, &asked)) {
         let differing: Vec<Attribute> = Attribute::ALL.into_iter().filter(|a| !gt.same(t, *a)).collect();
-        asked.push(*rng.pick(&differing));
+        asked.push(rng.pick(&differing));
         normalise(&mut asked, gt);
     }
     asked
@@ -235,25 +240,27 @@ fn draft(gt: &Look, twins: &[Look], split: Split, cfg: &DialogueConfig, rng: &mu
     let asked = choose_ask(gt, twins, rng);
     let held_out = split == Split::Test && rng.chance(cfg.held_out_share);
     let pool: Vec<Template> = TEMPLATES.iter().copied().filter(|t| t.held_out() == held_out).collect();
-    let template = *rng.pick(&pool);
+    let template = rng.pick(&pool);
     // A follow-up carries one attribute the submission leaves out (never the detail when the
     // trim phrase names it, so each part stays a whole phrase).
     let movable: Vec<Attribute> = asked
         .iter()
         .copied()
-        .filter(|a| *a == Attribute::Main || *a == Attribute::Pattern || (*a == Attribute::Detail && !asked.contains(&Attribute::Secondary)))
+        .filter(|a| {
+            *a == Attribute::Main || *a == Attribute::Pattern || (*a == Attribute::Detail && !asked.contains(&Attribute::Secondary))
+        })
         .collect();
-    let follow_up = (asked.len() >= 2 && !movable.is_empty() && rng.chance(cfg.follow_up)).then(|| *rng.pick(&movable));
+    let follow_up = (asked.len() >= 2 && !movable.is_empty() && rng.chance(cfg.follow_up)).then(|| rng.pick(&movable));
     let in_submission: Vec<Attribute> = asked.iter().copied().filter(|a| Some(*a) != follow_up).collect();
     let np = noun_phrase(gt, &in_submission, rng);
     let req = join(&predicates(gt, &in_submission, rng));
     let submission = fill(
         template.text,
-        &[("np", &np), ("kind", gt.kind.noun()), ("req", &req), ("occasion", *rng.pick(OCCASIONS)), ("relative", *rng.pick(RELATIVES))],
+        &[("np", &np), ("kind", gt.kind.noun()), ("req", &req), ("occasion", rng.pick(OCCASIONS)), ("relative", rng.pick(RELATIVES))],
     );
     let follow_up_text = follow_up.map(|a| {
         let pred = predicates(gt, &[a], rng).join(" ");
-        fill(*rng.pick(FOLLOW_UPS), &[("pred", &pred)])
+        fill(rng.pick(FOLLOW_UPS), &[("pred", &pred)])
     });
     Draft { template, asked, follow_up, submission, follow_up_text }
 }
@@ -285,7 +292,7 @@ pub fn conversations(seed: u64, catalog: &Catalog, split: Split, count: usize, c
     let pool: Vec<usize> = (0..catalog.items.len()).filter(|i| catalog.items[*i].split == split).collect();
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let gt = *rng.pick(&pool);
+        let gt = rng.pick(&pool);
         let item = &catalog.items[gt];
         let look = item.look;
         let twins: Vec<Look> = catalog.lines[item.line].items.iter().filter(|i| **i != gt).map(|i| catalog.items[*i].look).collect();
@@ -296,7 +303,7 @@ pub fn conversations(seed: u64, catalog: &Catalog, split: Split, count: usize, c
         let mut comments: Vec<String> = (0..rng.below(4))
             .map(|_| {
                 let brand = rng.pick(BRANDS);
-                fill(*rng.pick(NOISE), &[("kind", look.kind.noun()), ("brand", brand), ("relative", *rng.pick(RELATIVES))])
+                fill(rng.pick(NOISE), &[("kind", look.kind.noun()), ("brand", brand), ("relative", rng.pick(RELATIVES))])
             })
             .collect();
         let distracting = rng.chance(cfg.distracting_comment);
@@ -355,7 +362,8 @@ mod tests {
                 let mut gpt = conv.candidates_gpt_large.clone();
                 gpt.sort();
                 assert_eq!(gpt, sorted);
-                let hits: Vec<usize> = conv.candidates_st.iter().copied().filter(|i| g.look.satisfies(&c.items[*i].look, &conv.asked)).collect();
+                let hits: Vec<usize> =
+                    conv.candidates_st.iter().copied().filter(|i| g.look.satisfies(&c.items[*i].look, &conv.asked)).collect();
                 assert_eq!(hits, [conv.gt_item], "{}", conv.context);
                 let twins = conv.candidates_st.iter().filter(|i| c.items[**i].title == g.title).count();
                 assert!(twins >= 4, "only {twins} items share the ground truth's title");

@@ -22,13 +22,35 @@ enum Paint {
 /// A shape in the object's unit box (x right, y down, both 0..1).
 #[derive(Debug, Clone)]
 enum Shape {
-    Rect { x0: f64, y0: f64, x1: f64, y1: f64 },
-    Ellipse { cx: f64, cy: f64, rx: f64, ry: f64 },
+    Rect {
+        x0: f64,
+        y0: f64,
+        x1: f64,
+        y1: f64,
+    },
+    Ellipse {
+        cx: f64,
+        cy: f64,
+        rx: f64,
+        ry: f64,
+    },
     /// The upper half (`y <= cy`) of an ellipse.
-    HalfEllipse { cx: f64, cy: f64, rx: f64, ry: f64 },
+    HalfEllipse {
+        cx: f64,
+        cy: f64,
+        rx: f64,
+        ry: f64,
+    },
     /// A ring of the given thickness, restricted to one side: `side` > 0 keeps x >= cx, < 0
     /// keeps x <= cx, 0 keeps y <= cy.
-    Ring { cx: f64, cy: f64, rx: f64, ry: f64, t: f64, side: i8 },
+    Ring {
+        cx: f64,
+        cy: f64,
+        rx: f64,
+        ry: f64,
+        t: f64,
+        side: i8,
+    },
     Polygon(Vec<(f64, f64)>),
 }
 
@@ -264,7 +286,14 @@ mod tests {
 
     fn scene(kind: Kind, detail: Detail, pattern: Pattern) -> Scene {
         let look = Look { kind, main: Colour::Blue, secondary: Colour::Red, pattern, detail };
-        Scene { look, size: (96, 96), background: 238, colours: [Colour::Blue.rgb(), Colour::Red.rgb()], object: (8.0, 8.0, 80.0), stripe_dir: 0 }
+        Scene {
+            look,
+            size: (96, 96),
+            background: 238,
+            colours: [Colour::Blue.rgb(), Colour::Red.rgb()],
+            object: (8.0, 8.0, 80.0),
+            stripe_dir: 0,
+        }
     }
 
     fn count(img: &RgbImage, c: [u8; 3]) -> usize {

@@ -157,14 +157,14 @@ pub struct CatalogConfig {
 }
 
 pub(crate) const BRANDS: &[&str] = &[
-    "Norvik", "Aldmere", "Kestrel", "Halden", "Marlow", "Quillon", "Tavira", "Brennick", "Solvang", "Oakhurst",
-    "Vantor", "Linnea", "Corvell", "Ashby", "Dunmore", "Elstree", "Fenwick", "Gorrie", "Hollis", "Ivarra",
-    "Jarrow", "Kelda", "Lorimer", "Maddox", "Nesbit", "Orrin", "Pellham", "Rothley", "Selkirk", "Tamsin",
+    "Norvik", "Aldmere", "Kestrel", "Halden", "Marlow", "Quillon", "Tavira", "Brennick", "Solvang", "Oakhurst", "Vantor", "Linnea",
+    "Corvell", "Ashby", "Dunmore", "Elstree", "Fenwick", "Gorrie", "Hollis", "Ivarra", "Jarrow", "Kelda", "Lorimer", "Maddox", "Nesbit",
+    "Orrin", "Pellham", "Rothley", "Selkirk", "Tamsin",
 ];
 const LINE_WORDS: &[&str] = &[
-    "Harbor", "Summit", "Atlas", "Nova", "Meridian", "Voyager", "Heritage", "Metro", "Cascade", "Horizon",
-    "Pioneer", "Anchor", "Studio", "Nomad", "Haven", "Keystone", "Legacy", "Mosaic", "Orbit", "Prairie",
-    "Quest", "Ridge", "Sonata", "Tempo", "Union", "Vista", "Willow", "Zenith", "Aurora", "Beacon",
+    "Harbor", "Summit", "Atlas", "Nova", "Meridian", "Voyager", "Heritage", "Metro", "Cascade", "Horizon", "Pioneer", "Anchor", "Studio",
+    "Nomad", "Haven", "Keystone", "Legacy", "Mosaic", "Orbit", "Prairie", "Quest", "Ridge", "Sonata", "Tempo", "Union", "Vista", "Willow",
+    "Zenith", "Aurora", "Beacon",
 ];
 
 fn size_suffix(kind: Kind, rng: &mut Rng) -> &'static str {
@@ -176,7 +176,7 @@ fn size_suffix(kind: Kind, rng: &mut Rng) -> &'static str {
         Kind::Hat => &["", ", One Size", ", Adjustable", ", Unisex"],
         Kind::Vase => &["", ", 25 cm", ", 10 inch", ", Handmade"],
     };
-    *rng.pick(options)
+    rng.pick(options)
 }
 
 fn make_title(kind: Kind, rng: &mut Rng) -> String {
@@ -190,14 +190,14 @@ fn make_title(kind: Kind, rng: &mut Rng) -> String {
 }
 
 fn random_look(kind: Kind, rng: &mut Rng) -> Look {
-    let main = *rng.pick(&Colour::ALL);
+    let main = rng.pick(&Colour::ALL);
     let secondary = loop {
-        let c = *rng.pick(&Colour::ALL);
+        let c = rng.pick(&Colour::ALL);
         if c != main {
             break c;
         }
     };
-    Look { kind, main, secondary, pattern: *rng.pick(&Pattern::ALL), detail: *rng.pick(kind.details()) }
+    Look { kind, main, secondary, pattern: rng.pick(&Pattern::ALL), detail: rng.pick(kind.details()) }
 }
 
 /// The base look with one or two attributes changed (main != secondary kept).
@@ -208,10 +208,10 @@ fn mutate(base: &Look, rng: &mut Rng) -> Look {
     rng.shuffle(&mut which);
     for w in &which[..changes] {
         match w {
-            0 => l.main = *rng.pick(&Colour::ALL),
-            1 => l.secondary = *rng.pick(&Colour::ALL),
-            2 => l.pattern = *rng.pick(&Pattern::ALL),
-            _ => l.detail = *rng.pick(l.kind.details()),
+            0 => l.main = rng.pick(&Colour::ALL),
+            1 => l.secondary = rng.pick(&Colour::ALL),
+            2 => l.pattern = rng.pick(&Pattern::ALL),
+            _ => l.detail = rng.pick(l.kind.details()),
         }
     }
     l
@@ -237,8 +237,20 @@ fn pattern_description(look: &Look) -> String {
     }
 }
 
+fn capitalised(s: String) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => s,
+    }
+}
+
 /// The teacher description: names the kind, both colours, the pattern and the detail.
 pub fn describe(look: &Look, rng: &mut Rng) -> String {
+    capitalised(describe_lower(look, rng))
+}
+
+fn describe_lower(look: &Look, rng: &mut Rng) -> String {
     let (m, kind) = (look.main.word(), look.kind.noun());
     let pattern = pattern_description(look);
     let detail = look.detail.phrases()[0];
@@ -248,13 +260,13 @@ pub fn describe(look: &Look, rng: &mut Rng) -> String {
         match rng.below(3) {
             0 => format!("{a_m} {m} {kind} with {pattern}. It has {trim}."),
             1 => format!("The {kind} is {m} with {pattern}, and it comes with {trim}."),
-            _ => format!("Shown on a light background: {a_m} {m} {kind} covered in {pattern}, with {trim}."),
+            _ => format!("Shown on a light background: {a_m} {m} {kind} with {pattern} and {trim}."),
         }
     } else {
         match rng.below(3) {
             0 => format!("{a_m} {m} {kind} with {pattern}. It has {detail} and {trim}."),
             1 => format!("The {kind} is {m} with {pattern}; it has {detail}, and the {} is {}.", look.detail.trim(), look.secondary.word()),
-            _ => format!("Shown on a light background: {a_m} {m} {kind} covered in {pattern}, with {detail} and {trim}."),
+            _ => format!("Shown on a light background: {a_m} {m} {kind} with {pattern}, {detail} and {trim}."),
         }
     }
 }

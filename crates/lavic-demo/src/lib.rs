@@ -64,7 +64,8 @@ impl WorldConfig {
             return Err(Error::InvalidConfig(format!("tile {} is outside 16..=1024 pixels", c.tile)));
         }
         let d = &self.dialogue;
-        for (name, p) in [("held-out share", d.held_out_share), ("follow-up", d.follow_up), ("distracting comment", d.distracting_comment)] {
+        for (name, p) in [("held-out share", d.held_out_share), ("follow-up", d.follow_up), ("distracting comment", d.distracting_comment)]
+        {
             if !(0.0..=1.0).contains(&p) {
                 return Err(Error::InvalidConfig(format!("{name} probability {p} is outside 0..=1")));
             }
@@ -84,11 +85,25 @@ pub struct World {
     pub conversations: [Vec<Conversation>; 3],
 }
 
+impl World {
+    /// Expected HR@1 of the best model that sees titles and text but not images, on `split`:
+    /// the mean over its conversations of 1 / (candidates sharing the ground truth's title). It
+    /// can find the product line at best, and the twins in it are told apart only by the image.
+    pub fn title_only_bound(&self, split: Split) -> f64 {
+        let convs = &self.conversations[split as usize];
+        let items = &self.catalog.items;
+        let sum: f64 =
+            convs.iter().map(|c| 1.0 / c.candidates_st.iter().filter(|i| items[**i].title == items[c.gt_item].title).count() as f64).sum();
+        sum / convs.len().max(1) as f64
+    }
+}
+
 /// Generates the world of `config`.
 pub fn generate(config: &WorldConfig) -> Result<World> {
     config.validate()?;
     let catalog = items::generate(config.seed, &config.catalog);
-    let conversations = Split::ALL.map(|s| dialogue::conversations(config.seed, &catalog, s, config.conversations[s as usize], &config.dialogue));
+    let conversations =
+        Split::ALL.map(|s| dialogue::conversations(config.seed, &catalog, s, config.conversations[s as usize], &config.dialogue));
     Ok(World { config: *config, catalog, conversations })
 }
 
@@ -115,5 +130,10 @@ mod tests {
         assert_eq!(w.catalog.lines.len(), 72);
         assert!((288..=360).contains(&w.catalog.items.len()), "{}", w.catalog.items.len());
         assert_eq!(w.conversations.each_ref().map(|c| c.len()), [2000, 200, 300]);
+        // Titles alone: about one in 4.5 at best, so a titles-only model stays far below LaViC.
+        for s in Split::ALL {
+            let b = w.title_only_bound(s);
+            assert!((0.2..=0.25).contains(&b), "{s:?}: {b}");
+        }
     }
 }

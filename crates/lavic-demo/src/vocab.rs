@@ -384,7 +384,9 @@ mod tests {
     #[test]
     fn attribute_words_cover_the_vocabulary() {
         let w = attribute_words();
-        for must in ["red", "white", "striped", "dotted", "checkered", "plain", "strap", "handles", "lid", "visor", "brim", "sleeves", "collar"] {
+        for must in
+            ["red", "white", "striped", "dotted", "checkered", "plain", "strap", "handles", "lid", "visor", "brim", "sleeves", "collar"]
+        {
             assert!(w.iter().any(|x| x == must), "{must} missing");
         }
         assert!(!w.iter().any(|x| x == "a" || x == "with"));

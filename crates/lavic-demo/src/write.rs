@@ -19,7 +19,7 @@ use crate::vocab::{Attribute, Colour, Kind, Look, Pattern};
 use crate::World;
 
 /// What was written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// Items (and images).
     pub items: usize,
@@ -31,6 +31,8 @@ pub struct Summary {
     pub views: [usize; 3],
     /// Total bytes of the PNG files.
     pub image_bytes: u64,
+    /// [`World::title_only_bound`] of train, valid and test.
+    pub title_only_bound: [f64; 3],
 }
 
 /// One line of `items.jsonl`.
@@ -117,7 +119,8 @@ fn truth_line(world: &World, index: usize, c: &Conversation) -> Result<String> {
             Attribute::Detail => json!(g.look.detail),
         }
     };
-    let asked: serde_json::Map<String, Value> = c.asked.iter().map(|a| (json!(a).as_str().unwrap_or_default().to_string(), value(a))).collect();
+    let asked: serde_json::Map<String, Value> =
+        c.asked.iter().map(|a| (json!(a).as_str().unwrap_or_default().to_string(), value(a))).collect();
     let v = json!({
         "split": c.split,
         "index": index,
@@ -180,8 +183,16 @@ fn write_contents(world: &World, dir: &Path) -> Result<Summary> {
         counts[s] = convs.len();
     }
     write_file(&dir.join("truth.jsonl"), jsonl(truth).as_bytes())?;
-    let summary = Summary { items: world.catalog.items.len(), lines: world.catalog.lines.len(), conversations: counts, views, image_bytes };
-    let text = serde_json::to_string_pretty(&manifest(world, &summary)).map_err(|source| Error::Json { what: "world.json".into(), source })?;
+    let summary = Summary {
+        items: world.catalog.items.len(),
+        lines: world.catalog.lines.len(),
+        conversations: counts,
+        views,
+        image_bytes,
+        title_only_bound: Split::ALL.map(|s| world.title_only_bound(s)),
+    };
+    let text =
+        serde_json::to_string_pretty(&manifest(world, &summary)).map_err(|source| Error::Json { what: "world.json".into(), source })?;
     write_file(&dir.join("world.json"), format!("{text}\n").as_bytes())?;
     Ok(summary)
 }
