@@ -2,7 +2,7 @@
 //! `lavic prompt` (conversations + item titles), `lavic catalog build` (items JSONL + PNG images)
 //! and `lavic eval` (in-process, over the items and over the built catalog), with every ground
 //! truth among the candidates and no fallback title or image; a second run into the same folder
-//! is refused and leaves it as it was.
+//! is refused. `--base DIR` writes an untrained base model that `lavic eval` runs on the world.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -33,11 +33,14 @@ fn world(dir: &Path) -> PathBuf {
     let out = dir.join("world");
     let flags =
         ["--lines-per-kind", "3", "--valid-lines", "1", "--test-lines", "1", "--tile", "32", "--train", "8", "--valid", "4", "--test", "6"];
-    let mut args = vec!["demo-world", "--seed", "7", "--out", out.to_str().unwrap()];
+    let base = dir.join("base");
+    let mut args = vec!["demo-world", "--seed", "7", "--out", out.to_str().unwrap(), "--base", base.to_str().unwrap()];
     args.extend(flags);
     let printed: Value = serde_json::from_str(ok(lavic(&args)).trim()).unwrap();
     assert_eq!(printed["summary"]["conversations"], serde_json::json!([8, 4, 6]));
-    let again = lavic(&args);
+    // A small world has fewer pair merges to learn than the 2000 pieces asked for.
+    assert!((300..=2000).contains(&printed["base"]["pieces"].as_u64().unwrap()), "{printed}");
+    let again = lavic(&args[..5]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists and is not empty"));
     out
@@ -89,4 +92,28 @@ fn the_demo_world_is_read_by_prompt_catalog_build_and_eval() {
             assert_eq!(sum["run"]["missing_image_items"], 0, "{sum:#}");
         }
     }
+
+    // The untrained base (its own tokenizer and vision tile) reads the world as well.
+    let base = s(&tmp.path().join("base"));
+    let (out, summary) = (s(&tmp.path().join("base.jsonl")), s(&tmp.path().join("base.json")));
+    ok(lavic(&[
+        "eval",
+        "--data",
+        &test,
+        "--items",
+        &items,
+        "--images",
+        &images,
+        "--model",
+        &base,
+        "--out",
+        &out,
+        "--summary",
+        &summary,
+        "--progress",
+        "off",
+    ]));
+    let sum: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!((sum["conversations"].as_u64(), sum["errors"].as_u64()), (Some(6), Some(0)), "{sum:#}");
+    assert_eq!(ratio(&sum, "candidate_recall"), (6, 6));
 }

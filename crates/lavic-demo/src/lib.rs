@@ -7,10 +7,14 @@
 //! - [`items`]: product lines of visual twins (one title, several looks), framing for 3/4/5
 //!   AnyRes views, teacher descriptions;
 //! - [`dialogue`]: Reddit-Amazon-shaped conversations with held-out test templates;
-//! - [`write`]: the output folder (`lavic demo-world --seed N --out DIR`).
+//! - [`write`]: the output folder (`lavic demo-world --seed N --out DIR`);
+//! - [`bpe`] + [`base`]: the tiny base model's files before training (random init, a BPE
+//!   vocabulary learned from the world's text, in the llava-hf layout lavic-model loads).
 //!
 //! Everything is a function of [`WorldConfig`]: the same settings give byte-identical files.
 
+pub mod base;
+pub mod bpe;
 pub mod dialogue;
 pub mod draw;
 pub mod error;

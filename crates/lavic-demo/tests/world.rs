@@ -138,3 +138,60 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
     assert_eq!(manifest["seed"], 5);
     assert_eq!(manifest["summary"]["items"].as_u64().unwrap() as usize, items.len());
 }
+
+#[test]
+fn the_random_base_model_loads_in_lavic_model_and_scores_a_demo_conversation() {
+    use lavic_demo::base::{write_base, BaseConfig};
+    use lavic_model::{Candidate, LavicModel, LoadOptions, RecommendInput, RecommendOptions};
+
+    let world = generate(&small(8, 32)).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (images, base) = (d.path().join("world"), d.path().join("base"));
+    write(&world, &images).unwrap();
+    let mut cfg = BaseConfig::demo(1);
+    (cfg.vision_hidden, cfg.vision_layers, cfg.text_hidden, cfg.text_layers, cfg.text_intermediate, cfg.vocab) = (32, 1, 32, 1, 64, 500);
+    let extra = vec![lavic_model::prompt::distillation_prompt(""), lavic_model::prompt::recommendation_head().to_string()];
+    let s = write_base(&world, &cfg, &extra, &base).unwrap();
+    assert_eq!((s.pieces, s.vocab_rows % 64), (500, 0));
+    // Same inputs, same files.
+    let again = d.path().join("again");
+    write_base(&world, &cfg, &extra, &again).unwrap();
+    for f in ["tokenizer.json", "config.json", "preprocessor_config.json", "model.safetensors"] {
+        assert!(std::fs::read(base.join(f)).unwrap() == std::fs::read(again.join(f)).unwrap(), "{f} differs");
+    }
+
+    let mut o = LoadOptions::new(&base);
+    o.dtype = Some(lavic_model::DType::F32);
+    let model = LavicModel::load(&o).unwrap();
+    let tok = &model.tokenizer;
+    assert_eq!(tok.len(), 500 + 2 + 5);
+    assert_eq!(tok.item_token_ids(), [502, 503, 504, 505, 506]);
+    // The world's text round-trips; words it never saw fall back to bytes, not <unk>.
+    let conv = &world.conversations[2][0];
+    for text in [conv.context.as_str(), "The mug is red with blue stripes.", "Größe: ünïcödé ☂"] {
+        let ids = tok.encode_plain(text).unwrap();
+        assert!(!ids.contains(&0), "{text:?} has <unk>");
+        assert_eq!(tok.decode(&ids, true).unwrap(), text);
+    }
+    // Merges learned from the world compress its text (500 pieces: about 2.5 characters a token).
+    let chars = conv.context.chars().count();
+    let ids = tok.encode_plain(&conv.context).unwrap();
+    assert!(ids.len() * 2 < chars, "{} tokens for {chars} characters", ids.len());
+
+    // A recommendation over real candidates and their images runs end to end.
+    let cands: Vec<Candidate> = conv
+        .candidates_st
+        .iter()
+        .map(|i| {
+            let it = &world.catalog.items[*i];
+            let img = model.encoder.decode(&std::fs::read(images.join("images").join(format!("{}.png", it.id))).unwrap()).unwrap();
+            let tokens = model.encoder.project(&model.encoder.encode_cls(&[img]).unwrap()).unwrap().squeeze(0).unwrap();
+            Candidate { id: it.id.clone(), title: it.title.clone(), tokens }
+        })
+        .collect();
+    let r = model
+        .recommend(&RecommendInput { context: conv.context.clone(), candidates: cands, options: RecommendOptions::default() })
+        .unwrap();
+    let pick = r.pick.unwrap();
+    assert!(conv.candidates_st.iter().any(|i| world.catalog.items[*i].id == pick));
+}

@@ -1,9 +1,12 @@
 //! `lavic demo-world`: writes the demo world of a seed (lavic-demo): items JSONL + PNG images,
-//! train / valid / test conversations in the Reddit-Amazon format, truth and manifest.
+//! train / valid / test conversations in the Reddit-Amazon format, truth and manifest; with
+//! `--base DIR` also the untrained tiny base model (random init, a BPE vocabulary learned from the
+//! world's text and LaViC's two prompts).
 
 use std::path::PathBuf;
 
 use clap::Args;
+use lavic_demo::base::{write_base, BaseConfig};
 use lavic_demo::{generate, write, WorldConfig};
 
 /// Flags of `lavic demo-world` (defaults: the shipped demo's settings).
@@ -36,6 +39,9 @@ pub struct DemoWorldArgs {
     /// Test conversations.
     #[arg(long, default_value_t = 300)]
     pub test: usize,
+    /// Also write the untrained base model (llava-hf layout, random init) into this folder.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
 }
 
 /// Generates and writes the world; prints a one-line JSON summary.
@@ -48,6 +54,13 @@ pub fn run(args: &DemoWorldArgs) -> anyhow::Result<()> {
     config.conversations = [args.train, args.valid, args.test];
     let world = generate(&config)?;
     let summary = write(&world, &args.out)?;
-    println!("{}", serde_json::json!({ "out": args.out.display().to_string(), "seed": args.seed, "summary": summary }));
+    let base = match &args.base {
+        Some(dir) => {
+            let prompts = [lavic_model::prompt::distillation_prompt(""), lavic_model::prompt::recommendation_head().to_string()];
+            Some(write_base(&world, &BaseConfig::demo(args.seed), &prompts, dir)?)
+        }
+        None => None,
+    };
+    println!("{}", serde_json::json!({ "out": args.out.display().to_string(), "seed": args.seed, "summary": summary, "base": base }));
     Ok(())
 }
