@@ -102,10 +102,10 @@ fn layers(kind: Kind, detail: Detail) -> Vec<(Shape, Paint)> {
     match kind {
         Kind::Bag => {
             match detail {
-                Detail::Strap => l.push((Shape::Ring { cx: 0.5, cy: 0.44, rx: 0.33, ry: 0.36, t: 0.055, side: 0 }, Trim)),
+                Detail::Strap => l.push((Shape::Ring { cx: 0.5, cy: 0.44, rx: 0.33, ry: 0.36, t: 0.075, side: 0 }, Trim)),
                 _ => {
                     for cx in [0.34, 0.66] {
-                        l.push((Shape::Ring { cx, cy: 0.44, rx: 0.1, ry: 0.15, t: 0.045, side: 0 }, Trim));
+                        l.push((Shape::Ring { cx, cy: 0.44, rx: 0.1, ry: 0.15, t: 0.06, side: 0 }, Trim));
                     }
                 }
             }
@@ -113,7 +113,7 @@ fn layers(kind: Kind, detail: Detail) -> Vec<(Shape, Paint)> {
         }
         Kind::Mug => {
             if detail == Detail::Handle {
-                l.push((Shape::Ring { cx: 0.68, cy: 0.56, rx: 0.17, ry: 0.18, t: 0.06, side: 1 }, Trim));
+                l.push((Shape::Ring { cx: 0.68, cy: 0.56, rx: 0.17, ry: 0.18, t: 0.075, side: 1 }, Trim));
             }
             l.push((rect(0.22, 0.3, 0.68, 0.9), Body));
             if detail == Detail::Lid {
@@ -130,11 +130,11 @@ fn layers(kind: Kind, detail: Detail) -> Vec<(Shape, Paint)> {
             l.push((Shape::Polygon(sleeve.to_vec()), Body));
             l.push((Shape::Polygon(mirror(sleeve)), Body));
             l.push((Shape::Polygon(vec![(0.3, 0.16), (0.7, 0.16), (0.72, 0.92), (0.28, 0.92)]), Body));
-            l.push((Shape::Polygon(vec![(0.38, 0.16), (0.62, 0.16), (0.5, 0.32)]), Trim));
+            l.push((Shape::Polygon(vec![(0.36, 0.16), (0.64, 0.16), (0.5, 0.36)]), Trim));
         }
         Kind::Lamp => {
             l.push((rect(0.47, 0.4, 0.53, 0.86), Metal));
-            l.push((rect(0.28, 0.84, 0.72, 0.93), Trim));
+            l.push((rect(0.26, 0.82, 0.74, 0.94), Trim));
             match detail {
                 Detail::RoundShade => l.push((Shape::HalfEllipse { cx: 0.5, cy: 0.46, rx: 0.36, ry: 0.36 }, Body)),
                 _ => l.push((Shape::Polygon(vec![(0.36, 0.1), (0.64, 0.1), (0.84, 0.46), (0.16, 0.46)]), Body)),
@@ -144,26 +144,26 @@ fn layers(kind: Kind, detail: Detail) -> Vec<(Shape, Paint)> {
             Detail::WideBrim => {
                 l.push((Shape::Ellipse { cx: 0.5, cy: 0.66, rx: 0.46, ry: 0.1 }, Body));
                 l.push((rect(0.3, 0.3, 0.7, 0.66), Body));
-                l.push((rect(0.3, 0.52, 0.7, 0.61), Trim));
+                l.push((rect(0.3, 0.5, 0.7, 0.62), Trim));
             }
             Detail::Visor => {
-                l.push((Shape::Polygon(vec![(0.55, 0.6), (0.95, 0.62), (0.93, 0.7), (0.55, 0.7)]), Trim));
+                l.push((Shape::Polygon(vec![(0.55, 0.58), (0.96, 0.6), (0.94, 0.72), (0.55, 0.72)]), Trim));
                 l.push((Shape::HalfEllipse { cx: 0.42, cy: 0.7, rx: 0.32, ry: 0.36 }, Body));
             }
             _ => {
-                l.push((Shape::Ellipse { cx: 0.5, cy: 0.27, rx: 0.1, ry: 0.1 }, Trim));
+                l.push((Shape::Ellipse { cx: 0.5, cy: 0.26, rx: 0.11, ry: 0.11 }, Trim));
                 l.push((Shape::HalfEllipse { cx: 0.5, cy: 0.72, rx: 0.3, ry: 0.4 }, Body));
                 l.push((rect(0.19, 0.64, 0.81, 0.8), Body));
             }
         },
         Kind::Vase => {
             if detail == Detail::SideHandles {
-                l.push((Shape::Ring { cx: 0.3, cy: 0.45, rx: 0.15, ry: 0.14, t: 0.05, side: -1 }, Trim));
-                l.push((Shape::Ring { cx: 0.7, cy: 0.45, rx: 0.15, ry: 0.14, t: 0.05, side: 1 }, Trim));
+                l.push((Shape::Ring { cx: 0.3, cy: 0.45, rx: 0.15, ry: 0.14, t: 0.06, side: -1 }, Trim));
+                l.push((Shape::Ring { cx: 0.7, cy: 0.45, rx: 0.15, ry: 0.14, t: 0.06, side: 1 }, Trim));
             }
             l.push((rect(0.4, 0.18, 0.6, 0.42), Body));
             l.push((Shape::Ellipse { cx: 0.5, cy: 0.64, rx: 0.27, ry: 0.28 }, Body));
-            l.push((rect(0.36, 0.13, 0.64, 0.2), Trim));
+            l.push((rect(0.35, 0.11, 0.65, 0.21), Trim));
         }
     }
     l
