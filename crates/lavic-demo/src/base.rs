@@ -251,13 +251,18 @@ fn safetensors(specs: &[Spec], seed: u64) -> Vec<u8> {
     out
 }
 
-/// Every text the tokenizer learns from: the world's titles, descriptions, conversations and
-/// recommending comments, plus `extra` (the two LaViC prompt heads, passed by the caller).
+/// Every text the tokenizer learns from: the world's titles, descriptions, stage-0 questions and
+/// answers, conversations and recommending comments, plus `extra` (the two LaViC prompt heads,
+/// passed by the caller).
 pub fn corpus(world: &World, extra: &[String]) -> Vec<String> {
     let mut texts: Vec<String> = extra.to_vec();
     for it in &world.catalog.items {
         texts.push(format!("{}: {}", it.id, it.title));
         texts.push(it.description.clone());
+    }
+    for s in crate::stage0::samples(world.config.seed, &world.catalog) {
+        texts.push(s.question);
+        texts.push(s.answer);
     }
     for convs in &world.conversations {
         for c in convs {

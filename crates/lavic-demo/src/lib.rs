@@ -8,6 +8,7 @@
 //!   AnyRes views, teacher descriptions;
 //! - [`dialogue`]: Reddit-Amazon-shaped conversations with held-out test templates;
 //! - [`write`]: the output folder (`lavic demo-world --seed N --out DIR`);
+//! - [`stage0`]: image questions with known answers, to pre-train the base model;
 //! - [`bpe`] + [`base`]: the tiny base model's files before training (random init, a BPE
 //!   vocabulary learned from the world's text, in the llava-hf layout lavic-model loads).
 //!
@@ -20,6 +21,7 @@ pub mod draw;
 pub mod error;
 pub mod items;
 pub mod rng;
+pub mod stage0;
 pub mod vocab;
 pub mod write;
 

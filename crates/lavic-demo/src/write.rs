@@ -1,7 +1,8 @@
 //! Writes a world to a folder: `items.jsonl` (our items format, read by `lavic catalog build`,
 //! `lavic eval --items` and `lavic train`), `images/ID.png`, `train.jsonl` / `valid.jsonl` /
 //! `test.jsonl` (Reddit-Amazon conversation lines), `truth.jsonl` (what each conversation asked
-//! for) and `world.json` (settings, vocabulary, templates, counts). Everything is written into a
+//! for), `stage0.jsonl` (image questions for the base model) and `world.json` (settings,
+//! vocabulary, templates, counts). Everything is written into a
 //! sibling temporary folder that is renamed into place at the end, so the output folder is either
 //! complete or absent. Same world, same bytes.
 
@@ -33,6 +34,8 @@ pub struct Summary {
     pub image_bytes: u64,
     /// [`World::title_only_bound`] of train, valid and test.
     pub title_only_bound: [f64; 3],
+    /// Lines of `stage0.jsonl`.
+    pub stage0_samples: usize,
 }
 
 /// One line of `items.jsonl`.
@@ -183,6 +186,9 @@ fn write_contents(world: &World, dir: &Path) -> Result<Summary> {
         counts[s] = convs.len();
     }
     write_file(&dir.join("truth.jsonl"), jsonl(truth).as_bytes())?;
+    let stage0 = crate::stage0::samples(world.config.seed, &world.catalog);
+    let lines = stage0.iter().map(|s| to_line(s, &format!("a stage-0 sample of {}", s.id))).collect::<Result<Vec<_>>>()?;
+    write_file(&dir.join("stage0.jsonl"), jsonl(lines).as_bytes())?;
     let summary = Summary {
         items: world.catalog.items.len(),
         lines: world.catalog.lines.len(),
@@ -190,6 +196,7 @@ fn write_contents(world: &World, dir: &Path) -> Result<Summary> {
         views,
         image_bytes,
         title_only_bound: Split::ALL.map(|s| world.title_only_bound(s)),
+        stage0_samples: stage0.len(),
     };
     let text =
         serde_json::to_string_pretty(&manifest(world, &summary)).map_err(|source| Error::Json { what: "world.json".into(), source })?;

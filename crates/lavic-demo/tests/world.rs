@@ -137,6 +137,18 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("world.json")).unwrap()).unwrap();
     assert_eq!(manifest["seed"], 5);
     assert_eq!(manifest["summary"]["items"].as_u64().unwrap() as usize, items.len());
+    let stage0 = jsonl(&out.join("stage0.jsonl"));
+    assert_eq!(stage0.len(), 7 * items.len());
+    for s in &stage0 {
+        let it = &items[s["id"].as_str().unwrap()];
+        assert_eq!(s["split"], it["split"]);
+        match s["task"].as_str().unwrap() {
+            "main" => assert_eq!(s["answer"], it["look"]["main"]),
+            "pattern" => assert_eq!(s["answer"], it["look"]["pattern"]),
+            "describe" => assert_eq!(s["answer"], it["description"]),
+            _ => assert!(!s["answer"].as_str().unwrap().is_empty()),
+        }
+    }
 }
 
 #[test]
