@@ -278,7 +278,8 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     fs::write(path, format!("{text}\n")).map_err(|e| Error::io(path, e))
 }
 
-/// Writes the random-init base model for `world` into `out` (created).
+/// Writes the random-init base model for `world` into `out` (created; it must not exist or be
+/// empty; written to a temporary sibling and renamed, so it is complete or absent).
 pub fn write_base(world: &World, cfg: &BaseConfig, extra_text: &[String], out: &Path) -> Result<BaseSummary> {
     let tile = world.config.catalog.tile as usize;
     if cfg.patch == 0
@@ -292,7 +293,11 @@ pub fn write_base(world: &World, cfg: &BaseConfig, extra_text: &[String], out: &
             cfg.patch, cfg.text_heads, cfg.text_hidden, cfg.vocab
         )));
     }
-    fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::write::into_new_folder(out, |dir| write_files(world, cfg, extra_text, dir))
+}
+
+fn write_files(world: &World, cfg: &BaseConfig, extra_text: &[String], out: &Path) -> Result<BaseSummary> {
+    let tile = world.config.catalog.tile as usize;
     let vocab = learn(&corpus(world, extra_text), cfg.vocab);
     let rows = (vocab.len_with_added() + 5).div_ceil(64) * 64;
     write_json(&out.join("tokenizer.json"), &tokenizer_json(&vocab))?;

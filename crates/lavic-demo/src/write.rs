@@ -204,14 +204,21 @@ fn write_contents(world: &World, dir: &Path) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Writes `world` to `out` (created; it must not exist or be empty).
-pub fn write(world: &World, out: &Path) -> Result<Summary> {
+/// Refuses an output folder that exists and holds files.
+pub fn check_output(out: &Path) -> Result<()> {
     if out.exists() {
         let mut entries = fs::read_dir(out).map_err(|e| Error::io(out, e))?;
         if entries.next().is_some() {
             return Err(Error::OutputExists(out.to_path_buf()));
         }
     }
+    Ok(())
+}
+
+/// Runs `fill` on a temporary sibling of `out` and renames it to `out` when it succeeds, so
+/// `out` (which must not exist or be empty) is either complete or absent.
+pub(crate) fn into_new_folder<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    check_output(out)?;
     let name = out.file_name().ok_or_else(|| Error::InvalidConfig(format!("output folder {} has no name", out.display())))?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -219,12 +226,18 @@ pub fn write(world: &World, out: &Path) -> Result<Summary> {
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut guard = TempDirGuard(Some(tmp.clone()));
-    let summary = write_contents(world, &tmp)?;
+    let value = fill(&tmp)?;
     if out.exists() {
         fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
     }
     fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     guard.0 = None;
-    Ok(summary)
+    Ok(value)
+}
+
+/// Writes `world` to `out` (created; it must not exist or be empty).
+pub fn write(world: &World, out: &Path) -> Result<Summary> {
+    into_new_folder(out, |dir| write_contents(world, dir))
 }

@@ -171,6 +171,8 @@ fn the_random_base_model_loads_in_lavic_model_and_scores_a_demo_conversation() {
     for f in ["tokenizer.json", "config.json", "preprocessor_config.json", "model.safetensors"] {
         assert!(std::fs::read(base.join(f)).unwrap() == std::fs::read(again.join(f)).unwrap(), "{f} differs");
     }
+    let e = write_base(&world, &cfg, &extra, &base).unwrap_err().to_string();
+    assert!(e.contains("exists and is not empty"), "{e}");
 
     let mut o = LoadOptions::new(&base);
     o.dtype = Some(lavic_model::DType::F32);

@@ -52,6 +52,11 @@ pub fn run(args: &DemoWorldArgs) -> anyhow::Result<()> {
     config.catalog.test_lines = args.test_lines;
     config.catalog.tile = args.tile;
     config.conversations = [args.train, args.valid, args.test];
+    // Both folders are checked before anything is written.
+    lavic_demo::write::check_output(&args.out)?;
+    if let Some(dir) = &args.base {
+        lavic_demo::write::check_output(dir)?;
+    }
     let world = generate(&config)?;
     let summary = write(&world, &args.out)?;
     let base = match &args.base {
