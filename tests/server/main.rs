@@ -13,6 +13,7 @@ mod catalog_service;
 mod connections;
 mod deadline;
 mod default_dtype;
+mod demo_world;
 mod decompression_bomb;
 mod empty_token;
 mod eval_metrics;

@@ -4,6 +4,7 @@
 //! `dev ...` (real-size random checkpoints and probes).
 
 mod dataset;
+mod demo_cmd;
 mod dev;
 mod eval;
 mod eval_metrics;
@@ -43,6 +44,9 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Print the exact recommendation prompt of each conversation as JSON lines.
     Prompt(prompt_cmd::PromptArgs),
+    /// Write the demo world of a seed: items with procedurally drawn images, and train / valid /
+    /// test conversations in the Reddit-Amazon format.
+    DemoWorld(demo_cmd::DemoWorldArgs),
     /// Developer tools: real-size random checkpoints, load/latency probes, synthetic catalogs.
     Dev {
         /// What to do.
@@ -110,6 +114,7 @@ fn main() -> std::process::ExitCode {
             eval::run(&args).map(|_| ())
         }
         Command::Prompt(args) => prompt_cmd::run(&args),
+        Command::DemoWorld(args) => demo_cmd::run(&args),
         Command::Dev { command } => {
             init_logging(LogFormat::Text, &std::env::var("LAVIC_LOG").unwrap_or_else(|_| "warn".into()));
             dev::run(command)
