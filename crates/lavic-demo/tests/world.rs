@@ -82,16 +82,18 @@ fn items_read_back_with_the_catalog_ingest_and_give_3_4_and_5_views() {
         let cfg = anyres(tile as usize);
         let mut seen = HashMap::new();
         for it in &items {
+            // Metadata is the item line's other fields, kept as their exact JSON text.
+            let meta: serde_json::Value = serde_json::from_str(&it.metadata).unwrap();
             let bytes = std::fs::read(out.join("images").join(it.image.as_deref().unwrap())).unwrap();
             let img = decode_rgb(&bytes, &DecodeLimits::default()).unwrap();
             assert_eq!(
                 (img.width as u64, img.height as u64),
-                (it.metadata["width"].as_u64().unwrap(), it.metadata["height"].as_u64().unwrap())
+                (meta["width"].as_u64().unwrap(), meta["height"].as_u64().unwrap())
             );
             let views = views_u8(&img, &cfg).len();
-            assert_eq!(views as u64, it.metadata["views"].as_u64().unwrap(), "{} ({}x{}, tile {tile})", it.id, img.width, img.height);
+            assert_eq!(views as u64, meta["views"].as_u64().unwrap(), "{} ({}x{}, tile {tile})", it.id, img.width, img.height);
             *seen.entry(views).or_insert(0) += 1;
-            assert!(!it.title.is_empty() && it.metadata["description"].as_str().is_some_and(|s| s.len() > 20));
+            assert!(!it.title.is_empty() && meta["description"].as_str().is_some_and(|s| s.len() > 20));
         }
         for v in [3, 4, 5] {
             assert!(seen.get(&v).copied().unwrap_or(0) >= 5, "tile {tile}: views {seen:?}");
