@@ -27,4 +27,5 @@ mod reflection;
 mod sigterm;
 mod status_codes;
 mod tls;
+mod train;
 mod unknown_ids;

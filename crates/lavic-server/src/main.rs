@@ -1,7 +1,8 @@
 //! The `lavic` binary: `serve` (the gRPC server), `healthcheck` (exit 0 iff SERVING),
 //! `recommend` (a client to try it), `catalog ...` (build and manage item catalogs), `eval`
-//! (HR@1 / VR of a model on a Reddit-Amazon conversation file), `prompt` (the exact prompts) and
-//! `dev ...` (real-size random checkpoints and probes).
+//! (HR@1 / VR of a model on a Reddit-Amazon conversation file), `prompt` (the exact prompts),
+//! `train distill|recommend` (LaViC's two training stages) and `dev ...` (real-size random
+//! checkpoints and probes).
 
 mod dataset;
 mod dev;
@@ -9,6 +10,9 @@ mod eval;
 mod eval_metrics;
 mod progress;
 mod prompt_cmd;
+mod train_cmd;
+mod train_data;
+mod train_loop;
 
 use clap::{Parser, Subcommand};
 use lavic_server::client::{HealthcheckArgs, RecommendArgs};
@@ -43,6 +47,12 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Print the exact recommendation prompt of each conversation as JSON lines.
     Prompt(prompt_cmd::PromptArgs),
+    /// Train LaViC's two LoRA stages: `distill` (stage 1) and `recommend` (stage 2).
+    Train {
+        /// Which stage.
+        #[command(subcommand)]
+        command: train_cmd::TrainCommand,
+    },
     /// Developer tools: real-size random checkpoints, load/latency probes, synthetic catalogs.
     Dev {
         /// What to do.
@@ -110,6 +120,7 @@ fn main() -> std::process::ExitCode {
             eval::run(&args).map(|_| ())
         }
         Command::Prompt(args) => prompt_cmd::run(&args),
+        Command::Train { command } => train_cmd::run(command),
         Command::Dev { command } => {
             init_logging(LogFormat::Text, &std::env::var("LAVIC_LOG").unwrap_or_else(|_| "warn".into()));
             dev::run(command)
