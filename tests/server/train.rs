@@ -81,32 +81,42 @@ fn recommend_memorises_conversations_and_eval_gives_the_same_picks() {
     let out = dir.path().join("run");
     let conv = data("conversations.jsonl");
     let extra = [
-        "--valid", &conv, "--allow-unknown-ids", "--max-length", "320", "--epochs", "8", "--lr", "1e-2", "--lora-dropout", "0",
+        "--valid", &conv, "--allow-unknown-ids", "--max-length", "448", "--epochs", "4", "--lr", "3e-3", "--lora-dropout", "0",
         "--lora-lm-head",
     ];
     ok(lavic(&recommend_args(&out, &conv, &extra), &[]));
     let log = json_lines(&out.join("log.jsonl"));
     let steps: Vec<f64> = log.iter().filter(|v| v["event"] == "step").map(|v| v["loss"].as_f64().unwrap()).collect();
-    let per_epoch = 33; // 33 (conversation, ground truth) pairs in the 30 conversations
-    assert_eq!(steps.len(), 8 * per_epoch);
+    let per_epoch = 33; // (conversation, ground truth) pairs in the 30 conversations
+    assert_eq!(steps.len(), 4 * per_epoch);
     let first: f64 = steps[..per_epoch].iter().sum::<f64>() / per_epoch as f64;
     let last: f64 = steps[steps.len() - per_epoch..].iter().sum::<f64>() / per_epoch as f64;
     let evals: Vec<&Value> = log.iter().filter(|v| v["event"] == "checkpoint").collect();
-    assert_eq!(evals.len(), 9, "step 0 and every epoch");
-    let hr = |v: &Value| v["validation"]["hr1_per_pair"].as_f64().unwrap();
-    let (hr0, hr_best) = (hr(evals[0]), evals.iter().map(|v| hr(v)).fold(0.0, f64::max));
-    eprintln!("train loss first epoch {first:.3} last epoch {last:.3}; HR@1 untrained {hr0:.3} best {hr_best:.3}");
-    assert!(last < 0.25 * first, "loss fell from {first} to {last}");
-    assert!(hr_best >= 0.6, "HR@1 {hr_best} on the memorised conversations (chance 0.1, untrained {hr0})");
-    assert!(hr_best > hr0 + 0.3);
+    assert_eq!(evals.len(), 5, "step 0 and every epoch");
+    let val = |v: &Value, k: &str| v["validation"][k].as_f64().unwrap();
+    let (hr0, hr_best) = (val(evals[0], "hr1_per_pair"), evals.iter().map(|v| val(v, "hr1_per_pair")).fold(0.0, f64::max));
+    let (loss0, loss_end) = (val(evals[0], "loss"), val(evals[4], "loss"));
+    // Only pairs whose ground truth is among the 10 `candidates_st` can be hits (14 of 33 here):
+    // that recall is the ceiling, a tenth of it is chance.
+    let best = out.join("best");
+    let summary = read_json(&best.join("valid_summary.json"));
+    let recall = summary["candidate_recall_per_pair"]["value"].as_f64().unwrap();
+    eprintln!(
+        "train loss first epoch {first:.3} last epoch {last:.3}; validation loss {loss0:.3} -> {loss_end:.3}; \
+         HR@1 per pair untrained {hr0:.3} best {hr_best:.3} (ceiling {recall:.3}, chance {:.3})",
+        recall / 10.0
+    );
+    assert!(last < 0.35 * first, "training loss fell from {first} to {last}");
+    assert!(loss_end < 0.3 * loss0, "validation loss fell from {loss0} to {loss_end}");
+    assert!(hr_best >= 0.75 * recall, "HR@1 {hr_best} on the memorised conversations, ceiling {recall}");
+    assert!(hr_best >= 5.0 * recall / 10.0 && hr_best > 3.0 * hr0, "HR@1 {hr_best}: chance {}, untrained {hr0}", recall / 10.0);
 
     // The best checkpoint loads in `lavic eval` (its own catalog from the same items) and picks
     // exactly what the training run's validation picked.
-    let best = out.join("best");
     let info = read_json(&best.join("checkpoint.json"));
     assert_eq!(info["validation"]["hr1_per_pair"].as_f64().unwrap(), hr_best);
     let eval_out = dir.path().join("eval.jsonl");
-    let mut a = args(&["eval", "--progress", "off", "--max-prompt-tokens", "320"]);
+    let mut a = args(&["eval", "--progress", "off", "--max-prompt-tokens", "448"]);
     a.extend(["--model".into(), s(&fixtures().join("tiny-mistral"))]);
     a.extend(["--tokenizer".into(), s(&fixtures().join("tokenizer/tokenizer.json"))]);
     a.extend(["--lm-adapter".into(), s(&best), "--data".into(), conv.clone(), "--out".into(), s(&eval_out)]);
@@ -121,7 +131,7 @@ fn distill_lowers_the_description_loss() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let items = data("item2meta_valid.jsonl");
-    let mut a = args(&["train", "distill", "--progress", "log", "--epochs", "3", "--lr", "2e-3", "--batch-size", "4"]);
+    let mut a = args(&["train", "distill", "--progress", "log", "--epochs", "3", "--lr", "3e-2", "--batch-size", "2"]);
     a.extend(["--model".into(), s(&fixtures().join("tiny-mistral"))]);
     a.extend(["--tokenizer".into(), s(&fixtures().join("tokenizer/tokenizer.json"))]);
     a.extend(["--items".into(), items.clone(), "--valid-items".into(), items, "--images".into(), s(dir.path()), "--out".into(), s(&out)]);
@@ -133,7 +143,11 @@ fn distill_lowers_the_description_loss() {
         log.iter().filter(|v| v["event"] == "checkpoint").map(|v| v["validation"]["loss"].as_f64().unwrap()).collect();
     eprintln!("validation description loss per epoch: {losses:?}");
     assert_eq!(losses.len(), 4);
-    assert!(losses[3] < losses[0] - 0.5, "description loss {losses:?}");
+    // The tiny model's LM is random and frozen and every image is the same white one, so only the 5
+    // image tokens can move: a small but exact effect (eval mode; without gradients reaching the
+    // vision LoRA the loss would stay at its step-0 value). Measured: 10.940 -> 10.929 -> 10.873 -> 10.859.
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "description loss {losses:?}");
+    assert!(losses[3] < losses[0] - 0.05, "description loss {losses:?}");
     let adapter = read_json(&out.join("best/adapter_config.json"));
     let targets = adapter["target_modules"].as_array().unwrap();
     assert!(targets.iter().all(|t| t.as_str().unwrap().starts_with("vision_tower.") || t.as_str().unwrap().starts_with("multi_modal_projector.")));
@@ -144,7 +158,7 @@ fn distill_lowers_the_description_loss() {
 fn resume_equals_an_uninterrupted_run_and_a_killed_save_leaves_the_previous_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let conv = first_conversations(dir.path(), 6);
-    let common = ["--allow-unknown-ids", "--max-length", "256", "--lr", "1e-3", "--grad-accum", "2"];
+    let common = ["--allow-unknown-ids", "--max-length", "400", "--lr", "1e-3", "--grad-accum", "2"];
     let with = |epochs: &str, more: &[&str]| {
         let mut v: Vec<&str> = common.to_vec();
         v.extend(["--epochs", epochs]);
@@ -173,10 +187,10 @@ fn resume_equals_an_uninterrupted_run_and_a_killed_save_leaves_the_previous_chec
     assert!(!std::fs::read_dir(&parts).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
     assert_eq!(adapter(&parts), adapter(&whole), "resumed run differs from the uninterrupted one");
     let info = read_json(&parts.join("last/checkpoint.json"));
-    assert_eq!(info["step"], 6, "3 epochs of 4 pairs... see the data: 6 conversations");
+    assert_eq!(info["step"], 15, "3 epochs of ceil(9 pairs / 2) steps");
 
     // Other hyperparameters on --resume are refused.
-    let o = run(&parts, with("3", &["--resume", "--lr", "1e-2"]), &[]);
+    let o = run(&parts, with("3", &["--resume", "--weight-decay", "0.1"]), &[]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("other hyperparameters"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -213,7 +227,8 @@ fn bad_input_is_a_clear_error() {
 
     let a = recommend_args(&dir.path().join("c"), &conv, &["--allow-unknown-ids", "--vision-adapter", &s(&fixtures().join("adapters/llama-vision"))]);
     let e = stderr(lavic(&a, &[]));
-    assert!(e.contains("vision"), "{e}");
+    assert!(e.contains("--vision-adapter: invalid LoRA adapter") && e.contains("llama-vision"), "{e}");
+    assert!(!dir.path().join("c").exists(), "nothing is written before the inputs are checked");
 }
 
 /// The step-0 validation loss (the untrained model: fresh LoRA B is zero) of both stages equals

@@ -384,9 +384,15 @@ fn open_catalog(a: &RecommendTrainArgs, enc: &ImageEncoder, ids: &HashSet<&str>)
 /// naming the conversation unless `--allow-unknown-ids` (then the reference's fallback).
 fn item_tokens(a: &RecommendTrainArgs, sets: &[(&Path, &[Conversation])]) -> anyhow::Result<(HashMap<String, ItemTokens>, Option<tempfile::TempDir>)> {
     let enc = ImageEncoder::load(&encoder_options(a)?).context("cannot load the vision side with --vision-adapter")?;
-    let ids: HashSet<&str> = sets.iter().flat_map(|(_, cs)| cs.iter().flat_map(|c| c.candidates.iter().chain(&c.gt_items))).map(String::as_str).collect();
+    // Every id once, in file order (so an error names the first unknown one).
+    let mut ids: HashSet<&str> = HashSet::new();
+    let list: Vec<&str> = sets
+        .iter()
+        .flat_map(|(_, cs)| cs.iter().flat_map(|c| c.candidates.iter().chain(&c.gt_items)))
+        .map(String::as_str)
+        .filter(|id| ids.insert(id))
+        .collect();
     let (catalog, temp) = open_catalog(a, &enc, &ids)?;
-    let list: Vec<&str> = ids.iter().copied().collect();
     let found = match &catalog {
         Some(c) => c.tokens(&list, &enc)?,
         None => list.iter().map(|_| None).collect(),

@@ -197,7 +197,7 @@ impl Reporter {
         let eta = secs / done.max(1.0) * (self.total - step) as f64;
         let tps = self.tokens as f64 / secs;
         let v = json!({"event": "step", "step": step, "epoch": epoch, "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr,
-            "tokens_per_s": tps, "eta_s": eta});
+            "tokens_per_s": tps, "elapsed_s": secs, "eta_s": eta});
         let _ = writeln!(self.file, "{v}");
         if self.log && (step % self.every == 0 || step == self.total) {
             eprintln!("{v}");
