@@ -9,6 +9,11 @@ same 30 conversations and the same prompts as `lavic train recommend --max-lengt
 the front; every candidate "No Title" and the white image, as the fixture run), and prints samples/s.
 
     /work/pyenv/bin/python scripts/bench_train_reference.py [--threads 2] [--max-length 448] [--model DIR]
+    /work/pyenv/bin/python scripts/bench_train_reference.py --write-midsize DIR   # the mid-size random model
+
+The mid-size model is tiny-mistral's layout scaled up (random weights, seed 0): text width 1024, 8 layers,
+16 heads / 4 KV heads, MLP 3584; the tiny vision tower (width 32, 32 px images) is kept, so the cost is
+the language model's, as in stage 2.
 
 Not part of the product or of CI; run by hand.
 """
@@ -46,13 +51,31 @@ LM_TARGETS = (r"language_model\.model\.layers\.\d+\."
               r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
 
 
+def write_midsize(out: Path) -> None:
+    import shutil
+    from transformers import LlavaNextConfig
+    cfg = LlavaNextConfig.from_pretrained(str(FIX / "tiny-mistral"))
+    t = cfg.text_config
+    t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads = 1024, 8, 16, 4
+    t.intermediate_size, t.head_dim = 3584, 64
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(cfg).to(torch.float32)
+    model.save_pretrained(str(out), safe_serialization=True)
+    shutil.copy(FIX / "tiny-mistral" / "preprocessor_config.json", out / "preprocessor_config.json")
+    print(f"wrote {out}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=448)
     ap.add_argument("--model", default=str(FIX / "tiny-mistral"))
     ap.add_argument("--pixels", default=str(FIX / "reference" / "mistral.safetensors"))
+    ap.add_argument("--write-midsize", default=None)
     a = ap.parse_args()
+    if a.write_midsize:
+        write_midsize(Path(a.write_midsize))
+        return
     torch.set_num_threads(a.threads)
     transformers.logging.set_verbosity_error()
     tok = PreTrainedTokenizerFast(tokenizer_file=str(FIX / "tokenizer" / "tokenizer.json"),

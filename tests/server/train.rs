@@ -256,6 +256,7 @@ fn step_zero_losses_equal_the_reference() {
     a.extend(["--items".into(), s(&items), "--valid-items".into(), s(&items), "--images".into(), s(dir.path()), "--out".into(), s(&out)]);
     ok(lavic(&a, &[]));
     let (ours, reference) = (step0(&out), golden["distill"]["loss"].as_f64().unwrap());
+    eprintln!("stage 1 step-0 loss: ours {ours} reference {reference} (diff {:e})", ours - reference);
     assert!((ours - reference).abs() < 1e-5, "stage 1: ours {ours} reference {reference}");
 
     let lines: Vec<usize> = golden["recommend"]["lines"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
@@ -271,5 +272,6 @@ fn step_zero_losses_equal_the_reference() {
     a.extend(["--items".into(), data("item2meta_valid.jsonl"), "--images".into(), s(dir.path())]);
     ok(lavic(&a, &[]));
     let (ours, reference) = (step0(&out), golden["recommend"]["loss"].as_f64().unwrap());
+    eprintln!("stage 2 step-0 loss: ours {ours} reference {reference} (diff {:e})", ours - reference);
     assert!((ours - reference).abs() < 1e-5, "stage 2: ours {ours} reference {reference}");
 }

@@ -248,3 +248,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod eos_tests {
+    use lavic_model::LavicTokenizer;
+
+    /// `--eos` appends the text `</s>`: it must become the EOS token, not the characters.
+    #[test]
+    fn eos_text_is_the_eos_token() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer/tokenizer.json");
+        let tok = LavicTokenizer::from_file(&p).unwrap();
+        let with = tok.encode("\nAssistant:B07NRD1BPJ</s>").unwrap();
+        let without = tok.encode("\nAssistant:B07NRD1BPJ").unwrap();
+        assert_eq!(with.last(), Some(&tok.eos_id()));
+        assert_eq!(&with[..with.len() - 1], &without[..]);
+    }
+}
