@@ -3,8 +3,8 @@
 //! and 12 `item2meta_valid.jsonl` items, as distributed):
 //!
 //! - stage 2 memorises 30 conversations: the training loss falls and HR@1 on them rises far
-//!   above chance, and `lavic eval` on the written adapter gives the picks the run's own
-//!   validation reported;
+//!   above chance, and `lavic eval` (in-process) and `lavic serve` (asked by `lavic eval --addr`)
+//!   on the written adapter give the picks the run's own validation reported;
 //! - stage 1 lowers the validation description loss;
 //! - a resumed run ends with the bytes of an uninterrupted one; a run killed in the middle of a
 //!   checkpoint leaves the previous one intact and resumable;
@@ -75,8 +75,8 @@ fn first_conversations(dir: &Path, n: usize) -> String {
     s(&p)
 }
 
-#[test]
-fn recommend_memorises_conversations_and_eval_gives_the_same_picks() {
+#[tokio::test]
+async fn recommend_memorises_conversations_and_eval_and_serve_give_the_same_picks() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let conv = data("conversations.jsonl");
@@ -123,7 +123,29 @@ fn recommend_memorises_conversations_and_eval_gives_the_same_picks() {
     a.extend(["--items".into(), data("items.jsonl"), "--images".into(), s(&fixtures().join("images"))]);
     ok(lavic(&a, &[]));
     let picks = |p: &Path| json_lines(p).iter().map(|v| v["pick"].as_str().unwrap().to_string()).collect::<Vec<_>>();
-    assert_eq!(picks(&eval_out), picks(&best.join("valid.jsonl")));
+    let trained = picks(&best.join("valid.jsonl"));
+    assert_eq!(picks(&eval_out), trained);
+
+    // ... and in `lavic serve` (catalog built by `lavic catalog build` from the same items), asked
+    // by `lavic eval --addr`.
+    let catalog = dir.path().join("catalog");
+    let mut a = args(&["catalog", "build", "--progress", "off", "--dtype", "f32"]);
+    a.extend(["--model".into(), s(&fixtures().join("tiny-mistral"))]);
+    a.extend(["--items".into(), data("items.jsonl"), "--images".into(), s(&fixtures().join("images")), "--out".into(), s(&catalog)]);
+    ok(lavic(&a, &[]));
+    let (model, tok) = (s(&fixtures().join("tiny-mistral")), s(&fixtures().join("tokenizer/tokenizer.json")));
+    let (best_s, catalog_s) = (s(&best), s(&catalog));
+    let server = crate::common::LavicProcess::start(
+        &["--model-dir", &model, "--tokenizer", &tok, "--lm-adapter", &best_s, "--catalog-dir", &catalog_s, "--dtype", "f32", "--max-prompt-tokens", "448"],
+        &[],
+    )
+    .await;
+    let served = dir.path().join("served.jsonl");
+    let a = args(&["eval", "--progress", "off", "--addr", &server.addr, "--data", &conv, "--out", &s(&served)]);
+    let o = lavic(&a, &[]);
+    server.stop();
+    ok(o);
+    assert_eq!(picks(&served), trained);
 }
 
 #[test]
