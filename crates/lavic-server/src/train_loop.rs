@@ -2,8 +2,8 @@
 //! progress bar (terminal) or JSON log lines, a validation pass after every epoch, and the
 //! output folder, which is never left half-written.
 //!
-//! Output folder: `ckpt-NNNNNNNN/` per kept checkpoint (a PEFT adapter folder: `adapter_config.json`
-//! + `adapter_model.safetensors`, plus `state/` to resume, `checkpoint.json` with the metrics and,
+//! Output folder: `ckpt-NNNNNNNN/` per kept checkpoint (a PEFT adapter folder, `adapter_config.json`
+//! and `adapter_model.safetensors`, plus `state/` to resume, `checkpoint.json` with the metrics and,
 //! for stage 2, the validation answers), and two symlinks `best` and `last` naming checkpoints,
 //! `log.jsonl` (every log line). A checkpoint is written into `.ckpt-NNNNNNNN.tmp/`, synced and
 //! renamed into place, then each symlink is replaced by an atomic rename: a run killed at any
@@ -199,7 +199,7 @@ impl Reporter {
         let v = json!({"event": "step", "step": step, "epoch": epoch, "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr,
             "tokens_per_s": tps, "elapsed_s": secs, "eta_s": eta});
         let _ = writeln!(self.file, "{v}");
-        if self.log && (step % self.every == 0 || step == self.total) {
+        if self.log && (step.is_multiple_of(self.every) || step == self.total) {
             eprintln!("{v}");
         }
         if self.bar && self.last_draw.is_none_or(|t| t.elapsed() >= Duration::from_millis(200) || step == self.total) {
@@ -268,7 +268,7 @@ pub fn run(model: &TrainModel, data: &[Encoded], s: &LoopSettings<'_>, mut valid
         let epoch = step as f64 / s.steps_per_epoch as f64;
         rep.step(step, epoch, &r, tokens);
         losses.push(r.loss);
-        if step % s.steps_per_epoch == 0 || step == s.total_steps {
+        if step.is_multiple_of(s.steps_per_epoch) || step == s.total_steps {
             let info = checkpoint(model, &trainer, s, &mut validator, &mut best, (epoch, &losses), &mut rep)?;
             losses.clear();
             last = Some(info);
