@@ -1,7 +1,8 @@
 //! The LaViC model in training form: loading with trainable LoRA for either stage, tokenising a
 //! (prompt, target) pair with lavic-model's tokenizer, splicing each image's 5 projected CLS
 //! tokens into the embeddings (differentiably, so stage 1 trains the vision side through the
-//! frozen LM), right-padded batches, and the loss.
+//! frozen LM; or precomputed tokens, e.g. a catalog's, for stage 2), right-padded batches, and the
+//! loss.
 //!
 //! Loss as transformers' `ForCausalLMLoss`: shifted cross-entropy over positions whose label is
 //! not -100 (the target's tokens), averaged over every target token of the batch. The final norm
