@@ -30,4 +30,5 @@ mod sigterm;
 mod smaller_defects;
 mod status_codes;
 mod tls;
+mod train;
 mod unknown_ids;

@@ -7,7 +7,7 @@
 use crate::anyres::NUM_VIEWS;
 use crate::error::{RequestError, Result};
 use crate::model::LavicModel;
-use crate::prompt::{recommendation_head, recommendation_tail, PromptCandidate, TokenizedPrompt, ITEM_TOKENS};
+use crate::prompt::{recommendation_head, recommendation_tail, LavicTokenizer, PromptCandidate, TokenizedPrompt, ITEM_TOKENS};
 
 /// The prompt of one request, tokenised, with the conversation shortened if needed.
 #[derive(Debug, Clone)]
@@ -20,25 +20,25 @@ pub struct BuiltPrompt {
     pub shortened_tokens: usize,
 }
 
-impl LavicModel {
+impl LavicTokenizer {
     /// Builds and tokenises the recommendation prompt; when it exceeds `budget` tokens, drops
     /// whole tokens from the front of the conversation (never the instruction, the candidate
     /// block or the answer cue).
-    pub fn build_prompt(&self, context: &str, candidates: &[PromptCandidate<'_>], budget: Option<usize>) -> Result<BuiltPrompt> {
+    pub fn build_recommendation_prompt(&self, context: &str, candidates: &[PromptCandidate<'_>], budget: Option<usize>) -> Result<BuiltPrompt> {
         let head = recommendation_head();
         let tail = recommendation_tail(candidates);
         let make = |ctx: &str| format!("{head}{ctx}{tail}");
         let text = make(context);
-        let tokens = self.tokenizer.tokenize_prompt(&text)?;
+        let tokens = self.tokenize_prompt(&text)?;
         let Some(budget) = budget else { return Ok(BuiltPrompt { text, tokens, shortened_tokens: 0 }) };
         if tokens.ids.len() <= budget {
             return Ok(BuiltPrompt { text, tokens, shortened_tokens: 0 });
         }
-        let fixed = self.tokenizer.tokenize_prompt(&make(""))?.ids.len();
+        let fixed = self.tokenize_prompt(&make(""))?.ids.len();
         if fixed > budget {
             return Err(RequestError::CandidatesOverBudget { tokens: fixed, budget }.into());
         }
-        let offsets = self.tokenizer.token_offsets(context)?;
+        let offsets = self.token_offsets(context)?;
         let mut drop = tokens.ids.len() - budget;
         loop {
             let cut = offsets.get(drop).copied().unwrap_or(context.len());
@@ -47,12 +47,20 @@ impl LavicModel {
                 cut += 1;
             }
             let text = make(&context[cut..]);
-            let tokens = self.tokenizer.tokenize_prompt(&text)?;
+            let tokens = self.tokenize_prompt(&text)?;
             if tokens.ids.len() <= budget || cut >= context.len() {
                 return Ok(BuiltPrompt { text, tokens, shortened_tokens: drop.min(offsets.len()) });
             }
             drop += tokens.ids.len() - budget;
         }
+    }
+}
+
+impl LavicModel {
+    /// Builds and tokenises the recommendation prompt under `budget` tokens (see
+    /// [`LavicTokenizer::build_recommendation_prompt`]).
+    pub fn build_prompt(&self, context: &str, candidates: &[PromptCandidate<'_>], budget: Option<usize>) -> Result<BuiltPrompt> {
+        self.tokenizer.build_recommendation_prompt(context, candidates, budget)
     }
 
     /// Token ids of each candidate id as it appears right after the prompt (prompt and id

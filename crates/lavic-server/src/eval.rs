@@ -114,6 +114,18 @@ pub struct EvalArgs {
 /// Runs the evaluation, prints the summary and returns it. Fails after writing everything when a
 /// conversation failed.
 pub fn run(args: &EvalArgs) -> anyhow::Result<Summary> {
+    let summary = evaluate(args)?;
+    print!("{}", summary.render());
+    println!("  results: {}", args.out.display());
+    if summary.errors > 0 {
+        bail!("{} of {} conversations failed (see the `error` field in {})", summary.errors, summary.conversations, args.out.display());
+    }
+    Ok(summary)
+}
+
+/// Runs the evaluation and writes `--out` and `--summary`, printing nothing (what `lavic train`
+/// calls on each checkpoint).
+pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Summary> {
     let convs = read_conversations(&args.data, args.candidates, args.limit)?;
     if convs.is_empty() {
         bail!("{}: no conversations", args.data.display());
@@ -129,13 +141,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<Summary> {
     out.flush()?;
     run.data = args.data.display().to_string();
     let summary = summarize(&records, run);
-    print!("{}", summary.render());
-    println!("  results: {}", args.out.display());
     if let Some(p) = &args.summary {
         std::fs::write(p, serde_json::to_string_pretty(&summary)? + "\n").with_context(|| format!("cannot write {}", p.display()))?;
-    }
-    if summary.errors > 0 {
-        bail!("{} of {} conversations failed (see the `error` field in {})", summary.errors, summary.conversations, args.out.display());
     }
     Ok(summary)
 }

@@ -1,7 +1,8 @@
 //! The `lavic` binary: `serve` (the gRPC server), `healthcheck` (exit 0 iff SERVING),
 //! `recommend` (a client to try it), `catalog ...` (build and manage item catalogs), `eval`
-//! (HR@1 / VR of a model on a Reddit-Amazon conversation file), `prompt` (the exact prompts) and
-//! `dev ...` (real-size random checkpoints and probes).
+//! (HR@1 / VR of a model on a Reddit-Amazon conversation file), `prompt` (the exact prompts),
+//! `train distill|recommend` (LaViC's two training stages), `demo-world` (the demo world of a
+//! seed) and `dev ...` (real-size random checkpoints and probes).
 
 mod dataset;
 mod demo_cmd;
@@ -10,6 +11,9 @@ mod eval;
 mod eval_metrics;
 mod progress;
 mod prompt_cmd;
+mod train_cmd;
+mod train_data;
+mod train_loop;
 
 use clap::{Parser, Subcommand};
 use lavic_server::client::{HealthcheckArgs, RecommendArgs};
@@ -47,6 +51,12 @@ enum Command {
     /// Write the demo world of a seed: items with procedurally drawn images, and train / valid /
     /// test conversations in the Reddit-Amazon format.
     DemoWorld(demo_cmd::DemoWorldArgs),
+    /// Train LaViC's two LoRA stages: `distill` (stage 1) and `recommend` (stage 2).
+    Train {
+        /// Which stage.
+        #[command(subcommand)]
+        command: train_cmd::TrainCommand,
+    },
     /// Developer tools: real-size random checkpoints, load/latency probes, synthetic catalogs.
     Dev {
         /// What to do.
@@ -115,6 +125,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Prompt(args) => prompt_cmd::run(&args),
         Command::DemoWorld(args) => demo_cmd::run(&args),
+        Command::Train { command } => train_cmd::run(command),
         Command::Dev { command } => {
             init_logging(LogFormat::Text, &std::env::var("LAVIC_LOG").unwrap_or_else(|_| "warn".into()));
             dev::run(command)

@@ -1,7 +1,8 @@
 //! The LaViC model in training form: loading with trainable LoRA for either stage, tokenising a
 //! (prompt, target) pair with lavic-model's tokenizer, splicing each image's 5 projected CLS
 //! tokens into the embeddings (differentiably, so stage 1 trains the vision side through the
-//! frozen LM), right-padded batches, and the loss.
+//! frozen LM; or precomputed tokens, e.g. a catalog's, for stage 2), right-padded batches, and the
+//! loss.
 //!
 //! Loss as transformers' `ForCausalLMLoss`: shifted cross-entropy over positions whose label is
 //! not -100 (the target's tokens), averaged over every target token of the batch. The final norm
@@ -75,14 +76,19 @@ impl TrainOptions {
 }
 
 /// One training sample: a prompt with one `<ItemImageEmb1..5>` block per image, the target
-/// text appended directly after it, and each image's 5 views `[5, 3, S, S]` in prompt order.
+/// text appended directly after it, and the images in prompt order.
+///
+/// Each image is given either as its 5 pixel views `[5, C, S, S]` (run through the vision tower
+/// and projector, so gradients reach a stage-1 LoRA) or as its 5 precomputed projected tokens
+/// `[5, hidden]` (used as they are, e.g. a catalog's tokens while training stage 2 with the
+/// vision side frozen: the reference re-ran the vision tower on every candidate image instead).
 #[derive(Debug, Clone)]
 pub struct Example {
     /// Prompt text (BOS is added by the tokenizer).
     pub prompt: String,
     /// Supervised continuation.
     pub target: String,
-    /// Pixel views per image.
+    /// Per image: pixel views `[5, C, S, S]` or projected tokens `[5, hidden]`.
     pub images: Vec<Tensor>,
 }
 
@@ -95,7 +101,7 @@ pub struct Encoded {
     pub labels: Vec<i64>,
     /// Placeholder positions of each image.
     pub slots: Vec<[usize; NUM_VIEWS]>,
-    /// Pixel views per image, `[5, 3, S, S]`.
+    /// Per image: pixel views `[5, C, S, S]` or projected tokens `[5, hidden]`.
     pub images: Vec<Tensor>,
 }
 
@@ -204,24 +210,39 @@ impl TrainModel {
             return Err(Error::Input("the target holds image placeholder tokens".into()));
         }
         let s = self.config.vision.image_size;
-        let want = [NUM_VIEWS, self.config.vision.num_channels, s, s];
-        if let Some(bad) = ex.images.iter().find(|t| t.dims() != want) {
-            return Err(Error::Input(format!("image views have shape {:?}, expected {want:?}", bad.dims())));
+        let views = [NUM_VIEWS, self.config.vision.num_channels, s, s];
+        let tokens = [NUM_VIEWS, self.config.text.hidden_size];
+        if let Some(bad) = ex.images.iter().find(|t| t.dims() != views && t.dims() != tokens) {
+            return Err(Error::Input(format!(
+                "image views have shape {:?}, expected views {views:?} or projected tokens {tokens:?}",
+                bad.dims()
+            )));
         }
         let labels = full.ids.iter().enumerate().map(|(i, &t)| if i < prompt_len { IGNORE } else { t as i64 }).collect();
         Ok(Encoded { ids: full.ids, labels, slots: full.image_slots, images: ex.images.clone() })
     }
 
-    /// Image tokens `[N, 5, H]` of every image of the batch, in order.
-    fn image_tokens(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<Option<Tensor>> {
+    /// Projected tokens `[5, H]` of every image of the batch, in order: pixel views go through
+    /// the vision tower and projector in one pass, precomputed tokens are used as they are.
+    fn image_tokens(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<Vec<Tensor>> {
         let images: Vec<&Tensor> = batch.iter().flat_map(|e| e.images.iter()).collect();
-        if images.is_empty() {
-            return Ok(None);
+        let views: Vec<&Tensor> = images.iter().copied().filter(|t| t.rank() == 4).collect();
+        let mut encoded = Vec::new();
+        if !views.is_empty() {
+            let pixels = Tensor::cat(&views, 0)?.to_device(&self.device)?;
+            let n = views.len();
+            let cls = self.vision.cls(&pixels, ctx)?.reshape((n, NUM_VIEWS, ()))?;
+            let projected = self.projector.forward(&cls, ctx)?;
+            encoded = (0..n).map(|i| projected.get(i)).collect::<candle_core::Result<Vec<_>>>()?;
         }
-        let pixels = Tensor::cat(&images, 0)?.to_device(&self.device)?;
-        let n = images.len();
-        let cls = self.vision.cls(&pixels, ctx)?.reshape((n, NUM_VIEWS, ()))?;
-        Ok(Some(self.projector.forward(&cls, ctx)?))
+        let mut encoded = encoded.into_iter();
+        images
+            .into_iter()
+            .map(|t| match t.rank() {
+                4 => encoded.next().ok_or_else(|| Error::Input("image views lost".into())),
+                _ => Ok(t.to_device(&self.device)?),
+            })
+            .collect()
     }
 
     /// Right-padded input embeddings `[B, T, H]` (pad = `</s>`, as LaViC) and row lengths.
@@ -242,7 +263,7 @@ impl TrainModel {
             let mut pieces = Vec::new();
             let mut at = 0usize;
             for slot in &e.slots {
-                let tokens = images.as_ref().ok_or_else(|| Error::Input("image slots without images".into()))?.get(img)?;
+                let tokens = images.get(img).ok_or_else(|| Error::Input("image slots without images".into()))?;
                 img += 1;
                 for (k, &pos) in slot.iter().enumerate() {
                     if pos > at {

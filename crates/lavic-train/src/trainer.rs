@@ -116,8 +116,8 @@ impl<'a> Trainer<'a> {
         self.opt.step
     }
 
-    /// Index into `0..n` of the example at absolute position `pos`.
-    fn example_index(&self, pos: u64, n: usize) -> usize {
+    /// Index into `0..n` of the example at absolute position `pos` (epoch `pos / n`).
+    pub fn example_index(&self, pos: u64, n: usize) -> usize {
         let (epoch, i) = (pos / n as u64, (pos % n as u64) as usize);
         if !self.config.shuffle {
             return i;
