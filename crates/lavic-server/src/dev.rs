@@ -295,14 +295,7 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let images = a
-        .images
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            Ok(model.encoder.decode(&bytes)?)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let images = decode_images(&model, &a.images)?;
     if images.is_empty() || a.candidates == 0 {
         anyhow::bail!("--images and --candidates must not be empty (or pass --load-only)");
     }
@@ -605,4 +598,15 @@ fn synthetic(a: &SyntheticArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Reads and decodes the images of `paths` with the model's encoder (errors name the file).
+fn decode_images(model: &LavicModel, paths: &[PathBuf]) -> anyhow::Result<Vec<lavic_model::Rgb8>> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            model.encoder.decode(&bytes).with_context(|| format!("decoding {}", p.display()))
+        })
+        .collect()
 }

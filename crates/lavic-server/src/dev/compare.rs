@@ -201,14 +201,7 @@ fn load(a: &CompareArgs) -> anyhow::Result<Bench<'_>> {
     if req.candidates.is_empty() {
         anyhow::bail!("{}: no candidates", a.request.display());
     }
-    let images = a
-        .images
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            Ok(model.encoder.decode(&bytes)?)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let images = super::decode_images(&model, &a.images)?;
     let per_candidate: Vec<_> = (0..req.candidates.len())
         .map(|i| images[i % images.len()].clone())
         .collect();
