@@ -1,6 +1,7 @@
 //! Mistral / Llama decoder (transformers' `MistralForCausalLM` / `LlamaForCausalLM`) that takes
 //! input embeddings, per-row positions and an arbitrary additive attention mask, keeps a
-//! forkable KV cache, and computes logits only at the positions asked for.
+//! forkable KV cache (decode steps write into room reserved ahead instead of concatenating the
+//! whole cache every step), and computes logits only at the positions asked for.
 //!
 //! Numerics follow the reference's eager path: RMSNorm in f32 then cast, rotary tables in f32
 //! (`pos * inv_freq`), attention scores softmaxed in f32 after adding the mask.
@@ -19,6 +20,10 @@ pub const MASKED: f32 = f32::NEG_INFINITY;
 
 /// Query rows per attention block (see `Attention::forward`).
 const QUERY_BLOCK: usize = 256;
+
+/// Positions of room a one-token append (a decode step) reserves when its cache is full, so the
+/// next steps write in place instead of copying the whole cache (see [`LayerKv::append`]).
+const DECODE_ROOM: usize = 32;
 
 /// Opens every fully blocked row (padding queries) to all keys: their outputs are never read,
 /// and a row of only `-inf` would make softmax produce NaN, which then leaks into other rows
@@ -79,7 +84,8 @@ impl Attention {
         xs: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<LayerKv>,
+        room: usize,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let hd = self.head_dim;
@@ -88,11 +94,7 @@ impl Attention {
         let v = self.v.forward(xs)?.reshape((b, t, self.kv_heads, hd))?.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, &rope.0, &rope.1)?;
         let k = candle_nn::rotary_emb::rope(&k, &rope.0, &rope.1)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = LayerKv::append(cache, k, v, room)?;
         // Long inputs run in blocks of query rows, so the f32 score tensor of one block
         // (`heads x rows x keys`) stays small instead of growing with the square of the length;
         // every row's softmax is independent, so the result is the same.
@@ -157,24 +159,84 @@ struct Layer {
     mlp: Mlp,
 }
 
+/// Keys and values `[B, kv_heads, len, head_dim]` of one layer, as views of buffers that may have
+/// room for more positions.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    /// Buffers `[B, kv_heads, capacity, head_dim]` that `k` and `v` are the first `len`
+    /// positions of, when there is room left; owned by this cache alone (a clone gets `None`).
+    room: Option<(Tensor, Tensor)>,
+}
+
+impl Clone for LayerKv {
+    /// A fork shares the cached positions but not the room after them: its first append copies
+    /// into buffers of its own, so two forks never write into the same buffer.
+    fn clone(&self) -> Self {
+        Self { k: self.k.clone(), v: self.v.clone(), room: None }
+    }
+}
+
+impl LayerKv {
+    /// Appends new keys and values `[B, kv_heads, t, head_dim]` (contiguous) and returns the
+    /// whole cache's. With room left they are written in place; else the cache is copied with
+    /// the new positions (a concatenation), plus `room` reserved positions when `t` is 1 (a
+    /// decode step: the next steps then write in place). Prefills and multi-token passes copy
+    /// exactly what they need, as a plain concatenation does.
+    fn append(slot: &mut Option<Self>, k: Tensor, v: Tensor, room: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let next = match slot.take() {
+            None => Self { k, v, room: None },
+            Some(prev) => {
+                let (len, t) = (prev.k.dim(2)?, k.dim(2)?);
+                match prev.room {
+                    Some((kb, vb)) if kb.dim(2)? >= len + t => {
+                        kb.slice_set(&k, 2, len)?;
+                        vb.slice_set(&v, 2, len)?;
+                        Self { k: kb.narrow(2, 0, len + t)?, v: vb.narrow(2, 0, len + t)?, room: Some((kb, vb)) }
+                    }
+                    _ if t == 1 && room > 0 => {
+                        let pad = |x: &Tensor| -> candle_core::Result<Tensor> {
+                            let mut dims = x.dims().to_vec();
+                            dims[2] = room;
+                            Tensor::zeros(dims, x.dtype(), x.device())
+                        };
+                        let kb = Tensor::cat(&[&prev.k, &k, &pad(&k)?], 2)?;
+                        let vb = Tensor::cat(&[&prev.v, &v, &pad(&v)?], 2)?;
+                        Self { k: kb.narrow(2, 0, len + t)?, v: vb.narrow(2, 0, len + t)?, room: Some((kb, vb)) }
+                    }
+                    _ => Self { k: Tensor::cat(&[&prev.k, &k], 2)?, v: Tensor::cat(&[&prev.v, &v], 2)?, room: None },
+                }
+            }
+        };
+        let out = (next.k.clone(), next.v.clone());
+        *slot = Some(next);
+        Ok(out)
+    }
+}
+
 /// Per-layer keys and values of the tokens seen so far.
 ///
 /// Tensors are immutable and reference-counted, so [`KvCache::fork`] shares the prefix with the
-/// original at no cost; appending to one fork never changes the other.
+/// original at no cost; appending to one fork never changes the other (the room a decode step
+/// reserves is written only by the cache that reserved it).
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
+    /// Positions a full cache reserves on a one-token append ([`DECODE_ROOM`]; 0 in tests: the
+    /// plain concatenation every step that the reserved room must match exactly).
+    room: usize,
 }
 
 impl KvCache {
     /// An empty cache for `layers` decoder layers.
     pub fn new(layers: usize) -> Self {
-        Self { layers: vec![None; layers] }
+        Self { layers: vec![None; layers], room: DECODE_ROOM }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|l| l.k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
 
     /// Whether nothing is cached.
@@ -184,7 +246,7 @@ impl KvCache {
 
     /// Rows (batch size) of the cached tensors, if any.
     pub fn batch(&self) -> Option<usize> {
-        self.layers.first().and_then(|l| l.as_ref()).and_then(|(k, _)| k.dim(0).ok())
+        self.layers.first().and_then(|l| l.as_ref()).and_then(|l| l.k.dim(0).ok())
     }
 
     /// A copy sharing the cached prefix.
@@ -199,7 +261,7 @@ impl KvCache {
             .iter()
             .map(|l| match l {
                 None => Ok(None),
-                Some((k, v)) => {
+                Some(LayerKv { k, v, .. }) => {
                     if k.dim(0)? != 1 {
                         return Err(Error::Input(format!("cannot expand a cache of {} rows", k.dim(0)?)));
                     }
@@ -208,11 +270,11 @@ impl KvCache {
                         d[0] = n;
                         x.broadcast_as(d)?.contiguous()
                     };
-                    Ok(Some((rep(k)?, rep(v)?)))
+                    Ok(Some(LayerKv { k: rep(k)?, v: rep(v)?, room: None }))
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self { layers, room: self.room })
     }
 }
 
@@ -334,8 +396,9 @@ impl Decoder {
         let rope = self.rope_tables(positions, embeds.device(), dtype)?;
         let mask = mask.to_dtype(DType::F32)?;
         let mut x = embeds.to_dtype(dtype)?;
+        let room = cache.room;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let h = layer.attn.forward(&layer.input_norm.forward(&x)?, &rope, &mask, kv)?;
+            let h = layer.attn.forward(&layer.input_norm.forward(&x)?, &rope, &mask, kv, room)?;
             let x1 = (x + h)?;
             x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?)?)?;
         }
@@ -389,4 +452,138 @@ pub fn causal_mask(
         let in_window = window.is_none_or(|w| qa - k.min(qa) < w);
         k >= left_pad[r] && k <= qa && in_window
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::TextModelType;
+    use crate::weights::{Checkpoint, Weights};
+
+    /// A random 2-layer decoder with real head shapes (4 query heads of 64, 2 KV heads:
+    /// grouped-query attention as Mistral's), f32, saved to `dir` and loaded as a checkpoint.
+    fn random_decoder(dir: &Path) -> Decoder {
+        let (h, inter, layers, vocab) = (256, 512, 2, 300);
+        let cfg = TextConfig {
+            model_type: TextModelType::Mistral,
+            vocab_size: vocab,
+            hidden_size: h,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 64,
+            hidden_act: Activation::Silu,
+            max_position_embeddings: 4096,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e6,
+            sliding_window: None,
+            attention_bias: false,
+            mlp_bias: false,
+        };
+        let mut t = HashMap::new();
+        // std 0: a norm weight of ones
+        let mut add = |name: String, shape: &[usize], std: f32| {
+            let x = match std {
+                0.0 => Tensor::ones(shape, DType::F32, &Device::Cpu),
+                _ => Tensor::randn(0f32, std, shape, &Device::Cpu),
+            };
+            t.insert(name, x.unwrap());
+        };
+        for i in 0..layers {
+            let l = format!("language_model.model.layers.{i}");
+            for (p, out, inp) in [("self_attn.q_proj", h, h), ("self_attn.k_proj", 128, h), ("self_attn.v_proj", 128, h), ("self_attn.o_proj", h, h), ("mlp.gate_proj", inter, h), ("mlp.up_proj", inter, h), ("mlp.down_proj", h, inter)] {
+                add(format!("{l}.{p}.weight"), &[out, inp], 0.06);
+            }
+            add(format!("{l}.input_layernorm.weight"), &[h], 0.0);
+            add(format!("{l}.post_attention_layernorm.weight"), &[h], 0.0);
+        }
+        add("language_model.model.embed_tokens.weight".into(), &[vocab, h], 1.0);
+        add("language_model.model.norm.weight".into(), &[h], 0.0);
+        add("language_model.lm_head.weight".into(), &[vocab, h], 0.06);
+        candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+        let w = Weights::new(Arc::new(Checkpoint::open(dir).unwrap()), DType::F32, Device::Cpu, vec![], false);
+        Decoder::load(&w.pp("language_model"), &cfg, vocab).unwrap()
+    }
+
+    /// Feeds `ids` at positions from `start` and returns the logits after the last one.
+    fn feed(d: &Decoder, cache: &mut KvCache, ids: &[u32], start: usize) -> Vec<f32> {
+        let dev = Device::Cpu;
+        let e = d.embed(&Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap()).unwrap();
+        let mask = causal_mask(&[0], cache.len(), ids.len(), None, &dev).unwrap();
+        let pos = (start as u32..(start + ids.len()) as u32).collect();
+        let h = d.forward(&e, &[pos], &mask, cache).unwrap();
+        d.logits_at(&h, &[ids.len() as u32 - 1]).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    }
+
+    /// Prefill of `prompt` then `steps` greedy decode steps: the logits of each.
+    fn greedy(d: &Decoder, cache: &mut KvCache, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+        let mut out = vec![feed(d, cache, prompt, 0)];
+        for step in 0..steps {
+            let next = crate::model::argmax(out.last().unwrap());
+            out.push(feed(d, cache, &[next], prompt.len() + step));
+        }
+        out
+    }
+
+    fn concatenating(d: &Decoder) -> KvCache {
+        KvCache { room: 0, ..d.new_cache() }
+    }
+
+    const PROMPT: [u32; 37] = [1, 5, 17, 33, 2, 250, 251, 7, 7, 7, 100, 101, 102, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 299, 298, 150, 151, 152, 153, 154, 11, 12, 13, 14, 15, 16, 17];
+
+    #[test]
+    fn decode_steps_in_reserved_room_give_the_concatenated_caches_logits_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = random_decoder(dir.path());
+        // more steps than DECODE_ROOM: the room runs out once and is reserved again
+        let steps = DECODE_ROOM + 8;
+        let mut reserved = d.new_cache();
+        let ours = greedy(&d, &mut reserved, &PROMPT, steps);
+        let mut plain = concatenating(&d);
+        let reference = greedy(&d, &mut plain, &PROMPT, steps);
+        assert_eq!(ours.len(), steps + 1);
+        for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "step {i} differs");
+        }
+        assert_eq!(reserved.len(), PROMPT.len() + steps);
+        // the fast path was taken: the last steps wrote into reserved room, the reference never
+        // reserves any
+        assert!(reserved.layers.iter().all(|l| l.as_ref().unwrap().room.is_some()));
+        assert!(plain.layers.iter().all(|l| l.as_ref().unwrap().room.is_none()));
+        // and greedy decoding does not just repeat one token (the check would be vacuous)
+        let picks: std::collections::HashSet<u32> = ours.iter().map(|l| crate::model::argmax(l)).collect();
+        assert!(picks.len() > 3, "{picks:?}");
+    }
+
+    #[test]
+    fn forks_of_a_cache_with_room_never_write_into_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = random_decoder(dir.path());
+        let n = PROMPT.len();
+        let mut a = d.new_cache();
+        feed(&d, &mut a, &PROMPT, 0);
+        feed(&d, &mut a, &[40], n);
+        feed(&d, &mut a, &[41], n + 1); // `a` now has room
+        let mut b = a.fork();
+        let a1 = feed(&d, &mut a, &[50], n + 2);
+        let b1 = feed(&d, &mut b, &[60], n + 2); // would overwrite position n + 2 if it shared the room
+        let a2 = feed(&d, &mut a, &[51], n + 3);
+        let b2 = feed(&d, &mut b, &[61], n + 3);
+        let reference = |tail: &[u32]| {
+            let mut c = concatenating(&d);
+            feed(&d, &mut c, &PROMPT, 0);
+            let mut last = Vec::new();
+            for (i, &t) in tail.iter().enumerate() {
+                last.push(feed(&d, &mut c, &[t], n + i));
+            }
+            last
+        };
+        assert_eq!(reference(&[40, 41, 50, 51])[2..], [a1, a2]);
+        assert_eq!(reference(&[40, 41, 60, 61])[2..], [b1, b2]);
+    }
 }

@@ -8,6 +8,10 @@
 //!   recommendation, printing one JSON object per phase (with the process's peak RSS).
 //! - `synthetic-catalog`: writes a catalog of N items with random features for an encoder
 //!   fingerprint and times its open and lookups.
+//! - `compare`: our side of `benches/compare-torch.py` (prefill, decode steps, vision tower,
+//!   default and FREE requests on one checkpoint), in [`compare`].
+
+mod compare;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +19,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use lavic_model::testing::realsize::{
-    write_realsize, RealSizeOptions, Variant, DEFAULT_SHARD_BYTES,
+    write_realsize, RealSizeOptions, Size, Variant, DEFAULT_SHARD_BYTES,
 };
 use lavic_model::{Candidate, LavicModel, LoadOptions, Mode, RecommendInput, RecommendOptions};
 use serde_json::json;
@@ -35,6 +39,9 @@ pub enum DevCommand {
     /// Compare a device against the CPU on a (tiny) checkpoint: f32 CLS features and candidate
     /// logits within --tolerance, bf16 picks identical. Exits non-zero on a mismatch.
     DeviceCheck(DeviceCheckArgs),
+    /// Time prefill, decode steps, the vision tower and requests on one checkpoint, for
+    /// `benches/compare-torch.py` (JSON lines on stdout).
+    Compare(compare::CompareArgs),
 }
 
 /// Flags of `lavic dev device-check`.
@@ -92,6 +99,9 @@ pub struct WriteArgs {
     /// Which checkpoint to mimic: mistral (llava-v1.6-mistral-7b-hf) or vicuna.
     #[arg(long, default_value = "mistral")]
     pub variant: String,
+    /// full (the published sizes) or mid (~137M parameters, for `benches/compare-torch.py`).
+    #[arg(long, default_value = "full")]
+    pub size: String,
     /// Seed of every value.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -174,6 +184,7 @@ pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
         DevCommand::SyntheticCatalog(a) => synthetic(&a),
         DevCommand::EncodeCls(a) => encode_cls(&a),
         DevCommand::DeviceCheck(a) => device_check(&a),
+        DevCommand::Compare(a) => compare::compare(&a),
     }
 }
 
@@ -189,6 +200,7 @@ fn fixture_tokenizer() -> anyhow::Result<PathBuf> {
 
 fn write(a: &WriteArgs) -> anyhow::Result<()> {
     let variant: Variant = a.variant.parse()?;
+    let size: Size = a.size.parse()?;
     let tokenizer_dir = match &a.tokenizer_dir {
         Some(d) => d.clone(),
         None => fixture_tokenizer()?,
@@ -196,6 +208,7 @@ fn write(a: &WriteArgs) -> anyhow::Result<()> {
     let opts = RealSizeOptions {
         out: a.out.clone(),
         variant,
+        size,
         seed: a.seed,
         max_shard_bytes: a.max_shard_bytes,
         tokenizer_dir,
@@ -213,6 +226,7 @@ fn write(a: &WriteArgs) -> anyhow::Result<()> {
     let report = json!({
         "phase": "write",
         "variant": variant.repo(),
+        "size": format!("{size:?}"),
         "model_dir": w.model_dir,
         "vision_adapter": w.vision_adapter,
         "lm_adapter": w.lm_adapter,

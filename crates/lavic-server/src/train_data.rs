@@ -48,7 +48,8 @@ pub struct DistillSet {
 
 /// The teacher description of an item, if it has a non-empty one.
 pub fn description(it: &InputItem) -> Option<String> {
-    let meta = it.metadata.as_object()?;
+    // Metadata is the item's other fields as their exact JSON text (lavic_catalog::rules).
+    let meta: serde_json::Map<String, Value> = serde_json::from_str(&it.metadata).ok()?;
     let text = match (meta.get("image_description_llava_cleaned"), meta.get("image_descriptions_llava_cleaned")) {
         (Some(Value::String(s)), _) => Some(s.clone()),
         (_, Some(Value::Object(per_image))) => {
@@ -234,7 +235,7 @@ mod tests {
             id: "B1".into(),
             title: "t".into(),
             image: image.map(str::to_string),
-            metadata: meta,
+            metadata: meta.to_string(),
             line: 1,
         };
         let v = serde_json::json!({"image_description_llava_cleaned": "A mug."});

@@ -1,5 +1,6 @@
 //! Real-size random checkpoints: the exact `config.json`, tensor names, shapes and dtype (bf16)
-//! of `llava-hf/llava-v1.6-mistral-7b-hf` and `llava-hf/llava-v1.6-vicuna-7b-hf`, sharded like
+//! of `llava-hf/llava-v1.6-mistral-7b-hf` and `llava-hf/llava-v1.6-vicuna-7b-hf` (or, at
+//! [`Size::Mid`], the same architecture at ~137M parameters for benchmarks), sharded like
 //! transformers' `save_pretrained` (state-dict order, a new shard when the next tensor would pass
 //! the limit, `model.safetensors.index.json`), plus LaViC-shaped PEFT adapters for both stages
 //! (r 8, alpha 32 on every Linear of the vision tower and projector / of the language model and
@@ -15,77 +16,15 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
-/// Which published checkpoint to mimic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variant {
-    /// `llava-hf/llava-v1.6-mistral-7b-hf` (Mistral-7B-Instruct-v0.2 text model).
-    Mistral,
-    /// `llava-hf/llava-v1.6-vicuna-7b-hf` (Vicuna-7B v1.5, a Llama text model).
-    Vicuna,
-}
+#[path = "realsize_dims.rs"]
+mod dims;
+pub use dims::{Dims, Size, TextDims, Variant, VisionDims};
 
-impl FromStr for Variant {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "mistral" => Ok(Self::Mistral),
-            "vicuna" => Ok(Self::Vicuna),
-            other => Err(Error::Input(format!(
-                "variant {other:?} (expected mistral or vicuna)"
-            ))),
-        }
-    }
-}
-
-impl Variant {
-    /// The Hugging Face repository this variant copies.
-    pub fn repo(self) -> &'static str {
-        match self {
-            Self::Mistral => "llava-hf/llava-v1.6-mistral-7b-hf",
-            Self::Vicuna => "llava-hf/llava-v1.6-vicuna-7b-hf",
-        }
-    }
-
-    fn text(self) -> TextDims {
-        match self {
-            Self::Mistral => TextDims {
-                hidden: 4096,
-                intermediate: 14336,
-                layers: 32,
-                heads: 32,
-                kv_heads: 8,
-            },
-            Self::Vicuna => TextDims {
-                hidden: 4096,
-                intermediate: 11008,
-                layers: 32,
-                heads: 32,
-                kv_heads: 32,
-            },
-        }
-    }
-}
-
-struct TextDims {
-    hidden: usize,
-    intermediate: usize,
-    layers: usize,
-    heads: usize,
-    kv_heads: usize,
-}
-
-/// CLIP ViT-L/14-336 (both variants).
-const VISION_HIDDEN: usize = 1024;
-const VISION_INTERMEDIATE: usize = 4096;
-const VISION_LAYERS: usize = 24;
-const VISION_IMAGE: usize = 336;
-const VISION_PATCH: usize = 14;
 /// Rows of the base checkpoint's embeddings / lm_head.
 const BASE_VOCAB: usize = 32064;
 /// `len(tokenizer)` after LaViC adds its five item tokens (the resized vocabulary).
@@ -166,8 +105,10 @@ impl TensorSpec {
 const STD: f32 = 0.02;
 
 /// The published `config.json` of the variant (transformers 4.39 wrote it; sizes it leaves out
-/// are the text model's defaults), with `torch_dtype` saying what we store: bfloat16.
-pub fn config_json(v: Variant) -> Value {
+/// are the text model's defaults), with `torch_dtype` saying what we store: bfloat16. At
+/// [`Size::Mid`] every size of [`Dims::of`] is written out and the pinpoints follow the view size.
+pub fn config_json(v: Variant, size: Size) -> Value {
+    let d = Dims::of(v, size);
     let text = match v {
         Variant::Mistral => json!({
             "_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2",
@@ -191,10 +132,10 @@ pub fn config_json(v: Variant) -> Value {
             "vocab_size": BASE_VOCAB
         }),
     };
-    json!({
+    let mut cfg = json!({
         "architectures": ["LlavaNextForConditionalGeneration"],
         "ignore_index": -100,
-        "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        "image_grid_pinpoints": d.pinpoints(),
         "image_token_index": 32000,
         "model_type": "llava_next",
         "projector_hidden_act": "gelu",
@@ -203,41 +144,54 @@ pub fn config_json(v: Variant) -> Value {
         "transformers_version": "4.39.0.dev0",
         "use_image_newline_parameter": true,
         "vision_config": {
-            "hidden_size": VISION_HIDDEN,
-            "image_size": VISION_IMAGE,
-            "intermediate_size": VISION_INTERMEDIATE,
+            "hidden_size": d.vision.hidden,
+            "image_size": d.vision.image,
+            "intermediate_size": d.vision.intermediate,
             "model_type": "clip_vision_model",
-            "num_attention_heads": 16,
-            "num_hidden_layers": VISION_LAYERS,
-            "patch_size": VISION_PATCH,
+            "num_attention_heads": d.vision.heads,
+            "num_hidden_layers": d.vision.layers,
+            "patch_size": d.vision.patch,
             "projection_dim": 768,
             "vocab_size": 32000
         },
         "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default",
         "vocab_size": BASE_VOCAB
-    })
+    });
+    if size == Size::Mid {
+        let t = &d.text;
+        let text = &mut cfg["text_config"];
+        text["hidden_size"] = json!(t.hidden);
+        text["intermediate_size"] = json!(t.intermediate);
+        text["num_hidden_layers"] = json!(t.layers);
+        text["num_attention_heads"] = json!(t.heads);
+        text["num_key_value_heads"] = json!(t.kv_heads);
+    }
+    cfg
 }
 
-/// The published `preprocessor_config.json` (LLaVA-NeXT AnyRes at 336 px, CLIP normalisation).
-pub fn preprocessor_json() -> Value {
+/// The published `preprocessor_config.json` (LLaVA-NeXT AnyRes at 336 px, CLIP normalisation),
+/// with the view size and pinpoints of `size`.
+pub fn preprocessor_json(size: Size) -> Value {
+    let d = Dims::of(Variant::Mistral, size);
+    let t = d.vision.image;
     json!({
         "aspect_ratio_setting": "anyres",
-        "crop_size": {"height": 336, "width": 336},
+        "crop_size": {"height": t, "width": t},
         "do_center_crop": true,
         "do_convert_rgb": true,
         "do_normalize": true,
         "do_pad": true,
         "do_rescale": true,
         "do_resize": true,
-        "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        "image_grid_pinpoints": d.pinpoints(),
         "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_processor_type": "LlavaNextImageProcessor",
         "image_std": [0.26862954, 0.26130258, 0.27577711],
         "processor_class": "LlavaNextProcessor",
         "resample": 3,
         "rescale_factor": 0.00392156862745098,
-        "size": {"shortest_edge": 336}
+        "size": {"shortest_edge": t}
     })
 }
 
@@ -277,12 +231,15 @@ fn norm(out: &mut Vec<TensorSpec>, path: &str, dim: usize, bias: bool) {
 
 /// Every tensor of the base checkpoint, in transformers' state-dict order (the order
 /// `save_pretrained` shards in), with the < 4.52 key layout the llava-hf repositories use.
-pub fn base_tensors(v: Variant) -> Vec<TensorSpec> {
-    let t = v.text();
+pub fn base_tensors(v: Variant, size: Size) -> Vec<TensorSpec> {
+    let Dims {
+        vision: vd,
+        text: t,
+    } = Dims::of(v, size);
     let h = t.hidden;
     let head_dim = h / t.heads;
     let kv = t.kv_heads * head_dim;
-    let (vh, vi) = (VISION_HIDDEN, VISION_INTERMEDIATE);
+    let (vh, vi) = (vd.hidden, vd.intermediate);
     let mut out = Vec::new();
     out.push(TensorSpec::new(
         "image_newline",
@@ -299,11 +256,11 @@ pub fn base_tensors(v: Variant) -> Vec<TensorSpec> {
     ));
     out.push(TensorSpec::new(
         format!("{vm}.embeddings.patch_embedding.weight"),
-        &[vh, 3, VISION_PATCH, VISION_PATCH],
+        &[vh, 3, vd.patch, vd.patch],
         StDtype::Bf16,
         Init::Std(STD),
     ));
-    let positions = (VISION_IMAGE / VISION_PATCH).pow(2) + 1;
+    let positions = (vd.image / vd.patch).pow(2) + 1;
     out.push(TensorSpec::new(
         format!("{vm}.embeddings.position_embedding.weight"),
         &[positions, vh],
@@ -311,7 +268,7 @@ pub fn base_tensors(v: Variant) -> Vec<TensorSpec> {
         Init::Std(STD),
     ));
     norm(&mut out, &format!("{vm}.pre_layrnorm"), vh, true);
-    for i in 0..VISION_LAYERS {
+    for i in 0..vd.layers {
         let l = format!("{vm}.encoder.layers.{i}");
         for p in ["k_proj", "v_proj", "q_proj", "out_proj"] {
             linear(&mut out, &format!("{l}.self_attn.{p}"), vh, vh, true);
@@ -396,15 +353,18 @@ fn lora(out: &mut Vec<TensorSpec>, module: &str, in_dim: usize, out_dim: usize) 
 /// (`base_model.model.` + the < 4.52 module path). The stage-2 adapter also carries the whole
 /// resized `lm_head` as `language_model.lm_head.base_layer.weight` (bf16), which peft 0.15 saves
 /// for a targeted `lm_head` with its default `save_embedding_layers="auto"`.
-pub fn adapter_tensors(v: Variant, stage: Stage) -> Vec<TensorSpec> {
-    let t = v.text();
+pub fn adapter_tensors(v: Variant, size: Size, stage: Stage) -> Vec<TensorSpec> {
+    let Dims {
+        vision: vd,
+        text: t,
+    } = Dims::of(v, size);
     let h = t.hidden;
     let kv = t.kv_heads * (h / t.heads);
     let mut out = Vec::new();
     match stage {
         Stage::Vision => {
-            let (vh, vi) = (VISION_HIDDEN, VISION_INTERMEDIATE);
-            for i in 0..VISION_LAYERS {
+            let (vh, vi) = (vd.hidden, vd.intermediate);
+            for i in 0..vd.layers {
                 let l = format!("vision_tower.vision_model.encoder.layers.{i}");
                 for p in ["k_proj", "v_proj", "q_proj", "out_proj"] {
                     lora(&mut out, &format!("{l}.self_attn.{p}"), vh, vh);
@@ -632,6 +592,8 @@ pub struct RealSizeOptions {
     pub out: PathBuf,
     /// Which checkpoint to mimic.
     pub variant: Variant,
+    /// Published sizes or the mid-size benchmark model.
+    pub size: Size,
     /// Seed of every value.
     pub seed: u64,
     /// Shard size limit (transformers' default: [`DEFAULT_SHARD_BYTES`]).
@@ -682,16 +644,19 @@ pub fn write_realsize(
         let src = o.tokenizer_dir.join(f);
         std::fs::copy(&src, model_dir.join(f)).map_err(|e| Error::io(&src, e))?;
     }
-    write_json(&model_dir.join("config.json"), &config_json(o.variant))?;
+    write_json(
+        &model_dir.join("config.json"),
+        &config_json(o.variant, o.size),
+    )?;
     write_json(
         &model_dir.join("preprocessor_config.json"),
-        &preprocessor_json(),
+        &preprocessor_json(o.size),
     )?;
     write_json(
         &model_dir.join("generation_config.json"),
         &json!({"_from_model_config": true, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}),
     )?;
-    let tensors = base_tensors(o.variant);
+    let tensors = base_tensors(o.variant, o.size);
     let plan = plan_shards(&tensors, o.max_shard_bytes);
     write_json(
         &model_dir.join("model.safetensors.index.json"),
@@ -713,7 +678,7 @@ pub fn write_realsize(
             &adapter_config_json(o.variant, stage),
         )?;
         let path = dir.join("adapter_model.safetensors");
-        let n = write_safetensors(&path, &adapter_tensors(o.variant, stage), o.seed)?;
+        let n = write_safetensors(&path, &adapter_tensors(o.variant, o.size, stage), o.seed)?;
         progress(&path, n);
         adapter_bytes += n;
     }
@@ -729,315 +694,5 @@ pub fn write_realsize(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{LlavaConfig, TextModelType};
-
-    /// `tests/fixtures/realsize/shapes.json`, recorded by `tests/fixtures/realsize_shapes.py`.
-    fn recorded() -> Value {
-        let p =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/realsize/shapes.json");
-        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
-    }
-
-    fn as_rows(v: &Value) -> Vec<(String, Vec<usize>, String)> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let shape = r[1]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect();
-                (
-                    r[0].as_str().unwrap().to_string(),
-                    shape,
-                    r[2].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    fn rows(t: &[TensorSpec]) -> Vec<(String, Vec<usize>, String)> {
-        t.iter()
-            .map(|t| (t.name.clone(), t.shape.clone(), t.dtype.name().to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn base_tensors_equal_transformers_state_dict_in_order() {
-        let rec = recorded();
-        for (v, key) in [(Variant::Mistral, "mistral"), (Variant::Vicuna, "vicuna")] {
-            let ours = base_tensors(v);
-            let theirs = as_rows(&rec[key]["tensors"]);
-            assert_eq!(ours.len(), theirs.len(), "{key}: tensor count");
-            for (a, b) in rows(&ours).iter().zip(&theirs) {
-                assert_eq!(a, b, "{key}");
-            }
-            let params: u64 = ours.iter().map(|t| t.numel() as u64).sum();
-            assert_eq!(
-                params,
-                rec[key]["params"].as_u64().unwrap(),
-                "{key}: parameters"
-            );
-        }
-    }
-
-    #[test]
-    fn adapter_tensors_equal_peft_state_dict() {
-        let rec = recorded();
-        for (v, key) in [(Variant::Mistral, "mistral"), (Variant::Vicuna, "vicuna")] {
-            for (stage, field) in [(Stage::Vision, "vision_adapter"), (Stage::Lm, "lm_adapter")] {
-                let mut ours = rows(&adapter_tensors(v, stage));
-                ours.sort();
-                assert_eq!(ours, as_rows(&rec[key][field]), "{key} {field}");
-            }
-        }
-    }
-
-    #[test]
-    fn published_configs_parse_to_the_published_sizes() {
-        let d = tempfile::tempdir().unwrap();
-        for v in [Variant::Mistral, Variant::Vicuna] {
-            let p = d.path().join("config.json");
-            write_json(&p, &config_json(v)).unwrap();
-            let c = LlavaConfig::from_file(&p).unwrap();
-            assert_eq!(
-                (
-                    c.vision.hidden_size,
-                    c.vision.num_hidden_layers,
-                    c.vision.image_size,
-                    c.vision.patch_size
-                ),
-                (1024, 24, 336, 14)
-            );
-            assert_eq!(
-                (c.vision.intermediate_size, c.vision.num_attention_heads),
-                (4096, 16)
-            );
-            let t = &c.text;
-            assert_eq!(
-                (
-                    t.hidden_size,
-                    t.num_hidden_layers,
-                    t.num_attention_heads,
-                    t.vocab_size
-                ),
-                (4096, 32, 32, 32064)
-            );
-            assert_eq!(t.rms_norm_eps, 1e-5);
-            assert_eq!(t.sliding_window, None);
-            match v {
-                Variant::Mistral => {
-                    assert_eq!(t.model_type, TextModelType::Mistral);
-                    assert_eq!(
-                        (t.num_key_value_heads, t.intermediate_size, t.rope_theta),
-                        (8, 14336, 1e6)
-                    );
-                }
-                Variant::Vicuna => {
-                    assert_eq!(t.model_type, TextModelType::Llama);
-                    assert_eq!(
-                        (t.num_key_value_heads, t.intermediate_size, t.rope_theta),
-                        (32, 11008, 1e4)
-                    );
-                }
-            }
-            let pre = d.path().join("preprocessor_config.json");
-            write_json(&pre, &preprocessor_json()).unwrap();
-            crate::config::PreprocessorConfig::from_dir_or_default(d.path()).unwrap();
-        }
-    }
-
-    /// Parses a header produced by [`safetensors_header`]: (json, data start).
-    fn parse_header(h: &[u8]) -> (serde_json::Map<String, Value>, usize) {
-        let n = u64::from_le_bytes(h[..8].try_into().unwrap()) as usize;
-        assert_eq!(h.len(), 8 + n);
-        assert_eq!(h.len() % 8, 0, "data must start 8-aligned");
-        let v: Value = serde_json::from_slice(&h[8..]).unwrap();
-        (v.as_object().unwrap().clone(), h.len())
-    }
-
-    #[test]
-    fn full_size_shards_and_index_are_consistent() {
-        for v in [Variant::Mistral, Variant::Vicuna] {
-            let tensors = base_tensors(v);
-            let plan = plan_shards(&tensors, DEFAULT_SHARD_BYTES);
-            let total: u64 = tensors.iter().map(TensorSpec::bytes).sum();
-            // 15.1 GB (mistral) / 14.1 GB (vicuna) in bf16: 4 and 3 shards of at most 5 GB.
-            assert_eq!(
-                total,
-                2 * base_tensors(v)
-                    .iter()
-                    .map(|t| t.numel() as u64)
-                    .sum::<u64>()
-            );
-            assert_eq!(
-                plan.len(),
-                if v == Variant::Mistral { 4 } else { 3 },
-                "{v:?}: {plan:?}"
-            );
-            assert_eq!(plan.first().unwrap().start, 0);
-            assert_eq!(plan.last().unwrap().end, tensors.len());
-            for w in plan.windows(2) {
-                assert_eq!(w[0].end, w[1].start);
-            }
-            for r in &plan {
-                let bytes: u64 = tensors[r.clone()].iter().map(TensorSpec::bytes).sum();
-                assert!(bytes <= DEFAULT_SHARD_BYTES, "{bytes}");
-                // the header the writer would put in front of this shard describes it exactly
-                let (h, _) = parse_header(&safetensors_header(&tensors[r.clone()]));
-                assert_eq!(h.len(), r.len() + 1);
-                let mut at = 0u64;
-                for t in &tensors[r.clone()] {
-                    let e = &h[&t.name];
-                    assert_eq!(e["dtype"], "BF16");
-                    assert_eq!(e["shape"], json!(t.shape));
-                    assert_eq!(e["data_offsets"], json!([at, at + t.bytes()]));
-                    at += t.bytes();
-                }
-            }
-            let index = index_json(&tensors, &plan);
-            assert_eq!(index["metadata"]["total_size"], json!(total));
-            let map = index["weight_map"].as_object().unwrap();
-            assert_eq!(map.len(), tensors.len());
-            let names = shard_names(plan.len());
-            for (r, file) in plan.iter().zip(&names) {
-                for t in &tensors[r.clone()] {
-                    assert_eq!(map[&t.name], json!(file));
-                }
-            }
-        }
-        assert_eq!(shard_names(4)[0], "model-00001-of-00004.safetensors");
-    }
-
-    #[test]
-    fn shard_planning_starts_a_new_shard_before_the_limit_is_passed() {
-        let t = |n: &str, elems: usize| TensorSpec::new(n, &[elems], StDtype::Bf16, Init::Std(STD));
-        let ts = vec![t("a", 3), t("b", 3), t("c", 10), t("d", 1)];
-        // 6, 6, 20, 2 bytes; limit 12: [a b] [c] (alone, over the limit) [d]
-        assert_eq!(plan_shards(&ts, 12), vec![0..2, 2..3, 3..4]);
-        assert_eq!(plan_shards(&ts, 100), vec![0..4]);
-    }
-
-    fn stats(t: &candle_core::Tensor) -> (f32, f32) {
-        let v: Vec<f32> = t
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let mean = v.iter().sum::<f32>() / v.len() as f32;
-        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32;
-        assert!(v.iter().all(|x| x.is_finite()));
-        (mean, var.sqrt())
-    }
-
-    #[test]
-    fn one_shard_streams_to_a_file_candle_reads_back() {
-        // one real-size vision layer (12.6M parameters, 25 MB): the same code path as every shard
-        let all = base_tensors(Variant::Mistral);
-        let layer: Vec<TensorSpec> = all
-            .iter()
-            .filter(|t| t.name.contains(".encoder.layers.3."))
-            .cloned()
-            .collect();
-        assert_eq!(layer.len(), 16);
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("shard.safetensors");
-        let n = write_safetensors(&p, &layer, 7).unwrap();
-        assert_eq!(n, std::fs::metadata(&p).unwrap().len());
-        assert_eq!(
-            n,
-            safetensors_header(&layer).len() as u64
-                + layer.iter().map(TensorSpec::bytes).sum::<u64>()
-        );
-        let loaded = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
-        assert_eq!(loaded.len(), layer.len());
-        for t in &layer {
-            let x = &loaded[&t.name];
-            assert_eq!(x.dims(), t.shape.as_slice(), "{}", t.name);
-            assert_eq!(x.dtype(), candle_core::DType::BF16);
-            let (mean, std) = stats(x);
-            if t.name.ends_with("layer_norm1.weight") || t.name.ends_with("layer_norm2.weight") {
-                assert!(
-                    (mean - 1.0).abs() < 0.01 && std > 0.02 && std < 0.04,
-                    "{}: {mean} {std}",
-                    t.name
-                );
-            } else {
-                assert!(
-                    mean.abs() < 0.003 && (std - STD).abs() < 0.002,
-                    "{}: {mean} {std}",
-                    t.name
-                );
-            }
-        }
-        // each tensor's values depend only on (seed, name): the same tensor written alone is
-        // byte-identical; another seed changes it
-        let q = layer
-            .iter()
-            .find(|t| t.name.ends_with("q_proj.weight"))
-            .unwrap()
-            .clone();
-        let p2 = d.path().join("q.safetensors");
-        write_safetensors(&p2, std::slice::from_ref(&q), 7).unwrap();
-        let again = candle_core::safetensors::load(&p2, &candle_core::Device::Cpu).unwrap();
-        let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-            a.to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .sub(&b.to_dtype(candle_core::DType::F32).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert_eq!(diff(&loaded[&q.name], &again[&q.name]), 0.0);
-        write_safetensors(&p2, std::slice::from_ref(&q), 8).unwrap();
-        let other = candle_core::safetensors::load(&p2, &candle_core::Device::Cpu).unwrap();
-        assert!(diff(&loaded[&q.name], &other[&q.name]) > 0.01);
-    }
-
-    #[test]
-    fn real_size_vision_adapter_loads_with_lavic_rank_and_scale() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("vision-adapter");
-        std::fs::create_dir_all(&dir).unwrap();
-        write_json(
-            &dir.join("adapter_config.json"),
-            &adapter_config_json(Variant::Mistral, Stage::Vision),
-        )
-        .unwrap();
-        write_safetensors(
-            &dir.join("adapter_model.safetensors"),
-            &adapter_tensors(Variant::Mistral, Stage::Vision),
-            1,
-        )
-        .unwrap();
-        let a = crate::lora::Adapter::load(&dir, &candle_core::Device::Cpu).unwrap();
-        assert_eq!(a.num_modules(), 24 * 6 + 2);
-        assert_eq!(
-            a.config
-                .rank_and_scale("multi_modal_projector.linear_1")
-                .unwrap(),
-            (8, 4.0)
-        );
-    }
-
-    #[test]
-    fn variant_names_parse_and_unknown_ones_are_refused() {
-        assert_eq!("mistral".parse::<Variant>().unwrap(), Variant::Mistral);
-        assert_eq!("vicuna".parse::<Variant>().unwrap(), Variant::Vicuna);
-        let e = "llama".parse::<Variant>().unwrap_err().to_string();
-        assert!(
-            e.contains("llama") && e.contains("mistral or vicuna"),
-            "{e}"
-        );
-    }
-}
+#[path = "realsize_tests.rs"]
+mod tests;
