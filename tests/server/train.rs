@@ -9,7 +9,8 @@
 //! - a resumed run ends with the bytes of an uninterrupted one; a run killed in the middle of a
 //!   checkpoint leaves the previous one intact and resumable;
 //! - bad input is a clear error (unknown ids, a non-empty output folder, a catalog built without
-//!   the vision adapter, an adapter of another model).
+//!   the vision adapter, an adapter of another model);
+//! - `--grad-checkpoint` trains to the same adapter.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -296,4 +297,35 @@ fn step_zero_losses_equal_the_reference() {
     let (ours, reference) = (step0(&out), golden["recommend"]["loss"].as_f64().unwrap());
     eprintln!("stage 2 step-0 loss: ours {ours} reference {reference} (diff {:e})", ours - reference);
     assert!((ours - reference).abs() < 1e-5, "stage 2: ours {ours} reference {reference}");
+}
+
+/// `--grad-checkpoint` (re-running layers in the backward) trains to the same adapter: two
+/// stage-1 steps at batch 2 with dropout 0.1, with and without it. Its gradients are compared
+/// tensor by tensor in crates/lavic-train/tests/checkpoint.rs; this checks the flag's wiring.
+#[test]
+fn grad_checkpoint_flag_trains_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(data("item2meta_valid.jsonl")).unwrap();
+    let items = dir.path().join("items.jsonl");
+    std::fs::write(&items, text.lines().take(4).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut a = args(&["train", "distill", "--progress", "log", "--max-steps", "2", "--batch-size", "2", "--lr", "1e-2"]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a.extend(["--model".into(), s(&fixtures().join("tiny-mistral"))]);
+        a.extend(["--tokenizer".into(), s(&fixtures().join("tokenizer/tokenizer.json"))]);
+        a.extend(["--items".into(), s(&items), "--images".into(), s(dir.path()), "--out".into(), s(&out)]);
+        let o = ok(lavic(&a, &[]));
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        (candle_core::safetensors::load(out.join("last/adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap(), stderr)
+    };
+    let (plain, e) = run("plain", &[]);
+    assert!(e.contains(r#""grad_checkpoint":false"#), "{e}");
+    let (ckpt, e) = run("ckpt", &["--grad-checkpoint"]);
+    assert!(e.contains(r#""grad_checkpoint":true"#), "{e}");
+    assert_eq!(plain.len(), ckpt.len());
+    for (k, t) in &plain {
+        let d = (t - &ckpt[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-6, "{k}: {d}");
+    }
 }

@@ -125,6 +125,12 @@ pub struct CommonArgs {
     /// Frozen weights' dtype: f32, f16 or bf16 (LoRA weights and optimizer state are f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Gradient checkpointing of the decoder and vision layers: each layer's forward is re-run
+    /// in the backward pass instead of keeping its activations (same gradients, ~1 extra
+    /// forward per step, a fraction of the memory; see docs/TRAINING.md). Default: on for CUDA,
+    /// off on CPU; `--grad-checkpoint=false` turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub grad_checkpoint: Option<bool>,
     /// Key names of the saved adapters.
     #[arg(long, value_enum, default_value_t = LayoutArg::Legacy)]
     pub adapter_layout: LayoutArg,
@@ -220,6 +226,7 @@ fn train_options(c: &CommonArgs) -> anyhow::Result<TrainOptions> {
     o.device = device;
     o.dtype = dtype;
     o.seed = c.seed;
+    o.grad_checkpoint = c.grad_checkpoint.unwrap_or(o.device.is_cuda());
     Ok(o)
 }
 
@@ -310,7 +317,7 @@ fn distill(a: &DistillArgs) -> anyhow::Result<()> {
     eprintln!(
         "{}",
         json!({"event": "data", "stage": "distill", "items": data.len(), "skipped_no_description": set.no_description.len(),
-            "missing_images": missing})
+            "missing_images": missing, "grad_checkpoint": model.grad_checkpoint()})
     );
     let mut validator = match &a.valid_items {
         Some(p) => {
@@ -473,7 +480,8 @@ fn recommend(a: &RecommendTrainArgs) -> anyhow::Result<()> {
     let model = TrainModel::load(&o)?;
     let rules = PromptRules { max_length: c.max_length, eos: a.eos };
     let (data, shortened) = encode_pairs(&model, &convs, &items, rules, c.seed)?;
-    eprintln!("{}", json!({"event": "data", "stage": "recommend", "conversations": convs.len(), "samples": data.len(), "shortened": shortened}));
+    eprintln!("{}", json!({"event": "data", "stage": "recommend", "conversations": convs.len(), "samples": data.len(), "shortened": shortened,
+        "grad_checkpoint": model.grad_checkpoint()}));
     let mut validator = match &valid {
         Some((p, v)) => {
             let (vdata, _) = encode_pairs(&model, v, &items, rules, c.seed)?;

@@ -4,6 +4,8 @@
 //! (distillation prompt, description target, LoRA r 8 on every vision Linear + projector, batch
 //! 4, right-padded). Throughput counts every input token of the step (prompt + target, before
 //! padding) as criterion "elements", so the report reads as training tokens per second.
+//! Each is measured twice: plain, and with gradient checkpointing (`... grad checkpoint`: every
+//! decoder / vision layer re-run in the backward), to measure what checkpointing costs.
 //!
 //! Run: `cargo bench -p lavic-train --bench train`. Numbers go to docs/TRAINING.md.
 
@@ -20,11 +22,12 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-fn model(vision: Option<LoraSpec>, lm: Option<LoraSpec>) -> TrainModel {
+fn model(vision: Option<LoraSpec>, lm: Option<LoraSpec>, grad_checkpoint: bool) -> TrainModel {
     let mut o = TrainOptions::new(fixtures().join("tiny-mistral"));
     o.tokenizer = Some(fixtures().join("tokenizer/tokenizer.json"));
     o.vision = vision;
     o.lm = lm;
+    o.grad_checkpoint = grad_checkpoint;
     TrainModel::load(&o).expect("fixture model")
 }
 
@@ -64,16 +67,19 @@ fn stage1_data(m: &TrainModel) -> Vec<Encoded> {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("train_step");
     g.sample_size(20);
-    let m2 = model(None, Some(LoraSpec::stage2(true)));
-    let d2 = stage2_data(&m2);
-    let mut t2 = Trainer::new(&m2, TrainConfig { batch_size: 1, ..Default::default() }).unwrap();
-    g.throughput(Throughput::Elements(d2.iter().map(|e| e.ids.len() as u64).sum()));
-    g.bench_function("stage2 10 candidates, batch 1", |b| b.iter(|| t2.step(&d2).unwrap()));
-    let m1 = model(Some(LoraSpec::stage1()), None);
-    let d1 = stage1_data(&m1);
-    let mut t1 = Trainer::new(&m1, TrainConfig { batch_size: 4, ..Default::default() }).unwrap();
-    g.throughput(Throughput::Elements(d1.iter().map(|e| e.ids.len() as u64).sum()));
-    g.bench_function("stage1 distillation, batch 4", |b| b.iter(|| t1.step(&d1).unwrap()));
+    for ckpt in [false, true] {
+        let tag = if ckpt { ", grad checkpoint" } else { "" };
+        let m2 = model(None, Some(LoraSpec::stage2(true)), ckpt);
+        let d2 = stage2_data(&m2);
+        let mut t2 = Trainer::new(&m2, TrainConfig { batch_size: 1, ..Default::default() }).unwrap();
+        g.throughput(Throughput::Elements(d2.iter().map(|e| e.ids.len() as u64).sum()));
+        g.bench_function(format!("stage2 10 candidates, batch 1{tag}"), |b| b.iter(|| t2.step(&d2).unwrap()));
+        let m1 = model(Some(LoraSpec::stage1()), None, ckpt);
+        let d1 = stage1_data(&m1);
+        let mut t1 = Trainer::new(&m1, TrainConfig { batch_size: 4, ..Default::default() }).unwrap();
+        g.throughput(Throughput::Elements(d1.iter().map(|e| e.ids.len() as u64).sum()));
+        g.bench_function(format!("stage1 distillation, batch 4{tag}"), |b| b.iter(|| t1.step(&d1).unwrap()));
+    }
     g.finish();
 }
 

@@ -55,6 +55,15 @@ struct Layer {
     down: LoraLinear,
 }
 
+/// What the layers of one pass share (see [`Decoder::layer_inputs`]).
+pub struct LayerInputs {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    b: usize,
+    t: usize,
+}
+
 /// The language model (`language_model.*`) in training form.
 pub struct Decoder {
     embed_tokens: Tensor,
@@ -147,33 +156,56 @@ impl Decoder {
     /// Hidden states `[B, T, H]` after the last layer (before the final norm) of right-padded
     /// `embeds` `[B, T, H]` whose rows have real lengths `lens`.
     pub fn forward(&self, embeds: &Tensor, lens: &[usize], ctx: &mut Ctx) -> Result<Tensor> {
+        let shared = self.layer_inputs(embeds, lens)?;
+        let mut x = embeds.to_dtype(self.dtype())?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &shared, ctx)?;
+        }
+        Ok(x)
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Dtype of the frozen weights and of the hidden states between layers.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// What every layer of a pass over `embeds` `[B, T, H]` with row lengths `lens` shares:
+    /// rotary tables and the attention mask.
+    pub fn layer_inputs(&self, embeds: &Tensor, lens: &[usize]) -> Result<LayerInputs> {
         let (b, t, _) = embeds.dims3()?;
         if lens.len() != b || lens.iter().any(|&l| l == 0 || l > t) {
             return Err(Error::Input(format!("row lengths {lens:?} do not fit a batch of {b} x {t}")));
         }
         let device = embeds.device();
-        let dtype = self.embed_tokens.dtype();
-        let (cos, sin) = self.rope_tables(t, device, dtype)?;
+        let (cos, sin) = self.rope_tables(t, device, self.dtype())?;
         let mask = self.mask(lens, t, device)?;
+        Ok(LayerInputs { cos, sin, mask, b, t })
+    }
+
+    /// Decoder layer `i` on hidden states `x` `[B, T, H]`.
+    pub fn layer(&self, i: usize, x: &Tensor, s: &LayerInputs, ctx: &mut Ctx) -> Result<Tensor> {
+        let l = self.layers.get(i).ok_or_else(|| Error::Input(format!("no decoder layer {i}")))?;
+        let (b, t) = (s.b, s.t);
         let (heads, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut x = embeds.to_dtype(dtype)?;
-        for l in &self.layers {
-            let h = l.input_norm.forward(&x)?;
-            let split = |y: Tensor, n: usize| -> Result<Tensor> {
-                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = ops::rope(&split(l.q.forward(&h, ctx)?, heads)?, &cos, &sin)?;
-            let k = ops::rope(&split(l.k.forward(&h, ctx)?, kv)?, &cos, &sin)?;
-            let v = split(l.v.forward(&h, ctx)?, kv)?;
-            let a = ops::attention(&q, &k, &v, Some(&mask), scale)?.transpose(1, 2)?.reshape((b, t, heads * hd))?;
-            let x1 = (x + l.o.forward(&a, ctx)?)?;
-            let h2 = l.post_norm.forward(&x1)?;
-            let g = Activation::Silu.apply(&l.gate.forward(&h2, ctx)?)?;
-            let mlp = l.down.forward(&(g * l.up.forward(&h2, ctx)?)?, ctx)?;
-            x = (x1 + mlp)?;
-        }
-        Ok(x)
+        let h = l.input_norm.forward(x)?;
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = ops::rope(&split(l.q.forward(&h, ctx)?, heads)?, &s.cos, &s.sin)?;
+        let k = ops::rope(&split(l.k.forward(&h, ctx)?, kv)?, &s.cos, &s.sin)?;
+        let v = split(l.v.forward(&h, ctx)?, kv)?;
+        let a = ops::attention(&q, &k, &v, Some(&s.mask), scale)?.transpose(1, 2)?.reshape((b, t, heads * hd))?;
+        let x1 = (x + l.o.forward(&a, ctx)?)?;
+        let h2 = l.post_norm.forward(&x1)?;
+        let g = Activation::Silu.apply(&l.gate.forward(&h2, ctx)?)?;
+        let mlp = l.down.forward(&(g * l.up.forward(&h2, ctx)?)?, ctx)?;
+        Ok((x1 + mlp)?)
     }
 
     /// f32 logits `[N, vocab]` of the hidden states at flat indices `rows` (into `B * T`): the

@@ -6,9 +6,10 @@
 //!
 //! Read top-down: [`ops`] (differentiable replacements of candle's fused ops) -> [`rng`] ->
 //! [`spec`] (what is trained) -> [`linear`] (LoRA Linear) -> [`vision`] / [`decoder`] (training
-//! forward) -> [`model`] (prompts, images, loss) -> [`optim`] -> [`trainer`] -> [`peft`].
+//! forward) -> [`model`] (prompts, images, loss) -> [`checkpoint`] -> [`optim`] -> [`trainer`] -> [`peft`].
 
 mod error;
+pub mod checkpoint;
 pub mod decoder;
 pub mod linear;
 pub mod model;

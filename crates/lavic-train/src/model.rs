@@ -55,6 +55,9 @@ pub struct TrainOptions {
     pub frozen_adapters: Vec<PathBuf>,
     /// Seed of the LoRA initialisation.
     pub seed: u64,
+    /// Gradient checkpointing: the trainer re-runs each decoder and vision layer in the backward
+    /// pass instead of keeping its activations (see [`crate::checkpoint`]). Same gradients.
+    pub grad_checkpoint: bool,
 }
 
 impl TrainOptions {
@@ -71,6 +74,7 @@ impl TrainOptions {
             lm_init: None,
             frozen_adapters: Vec::new(),
             seed: 42,
+            grad_checkpoint: false,
         }
     }
 }
@@ -114,9 +118,9 @@ impl Encoded {
 
 /// The model with its trainable tensors.
 pub struct TrainModel {
-    vision: VisionTower,
+    pub(crate) vision: VisionTower,
     projector: Projector,
-    decoder: Decoder,
+    pub(crate) decoder: Decoder,
     /// The tokenizer with LaViC's five item tokens.
     pub tokenizer: LavicTokenizer,
     /// Image preprocessing settings of the checkpoint.
@@ -124,6 +128,7 @@ pub struct TrainModel {
     config: LlavaConfig,
     params: Params,
     device: Device,
+    grad_checkpoint: bool,
 }
 
 impl TrainModel {
@@ -173,7 +178,8 @@ impl TrainModel {
         if (opts.vision.is_some() || opts.lm.is_some()) && params.vars.is_empty() {
             return Err(Error::Spec("the LoRA specs match no module of this model".into()));
         }
-        Ok(Self { vision, projector, decoder, tokenizer, anyres, config, params, device: opts.device.clone() })
+        let grad_checkpoint = opts.grad_checkpoint;
+        Ok(Self { vision, projector, decoder, tokenizer, anyres, config, params, device: opts.device.clone(), grad_checkpoint })
     }
 
     /// The trainable tensors.
@@ -184,6 +190,11 @@ impl TrainModel {
     /// The checkpoint configuration.
     pub fn config(&self) -> &LlavaConfig {
         &self.config
+    }
+
+    /// Whether training uses gradient checkpointing ([`TrainOptions::grad_checkpoint`]).
+    pub fn grad_checkpoint(&self) -> bool {
+        self.grad_checkpoint
     }
 
     /// Device of the model.
@@ -222,17 +233,34 @@ impl TrainModel {
         Ok(Encoded { ids: full.ids, labels, slots: full.image_slots, images: ex.images.clone() })
     }
 
+    /// Pixel views of every image of the batch given as views, concatenated `[5 N, C, S, S]`
+    /// on the model's device (None when every image is given as projected tokens).
+    pub(crate) fn pixel_views(&self, batch: &[Encoded]) -> Result<Option<Tensor>> {
+        let views: Vec<&Tensor> = batch.iter().flat_map(|e| e.images.iter()).filter(|t| t.rank() == 4).collect();
+        if views.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::cat(&views, 0)?.to_device(&self.device)?))
+    }
+
     /// Projected tokens `[5, H]` of every image of the batch, in order: pixel views go through
     /// the vision tower and projector in one pass, precomputed tokens are used as they are.
     fn image_tokens(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<Vec<Tensor>> {
+        let cls = match self.pixel_views(batch)? {
+            Some(pixels) => Some(self.vision.cls(&pixels, ctx)?),
+            None => None,
+        };
+        self.project_images(batch, cls.as_ref(), ctx)
+    }
+
+    /// Projected tokens `[5, H]` of every image of the batch, given the vision tower's CLS
+    /// features `[5 N, vision_hidden]` of the images given as views ([`Self::pixel_views`]).
+    pub(crate) fn project_images(&self, batch: &[Encoded], cls: Option<&Tensor>, ctx: &mut Ctx) -> Result<Vec<Tensor>> {
         let images: Vec<&Tensor> = batch.iter().flat_map(|e| e.images.iter()).collect();
-        let views: Vec<&Tensor> = images.iter().copied().filter(|t| t.rank() == 4).collect();
         let mut encoded = Vec::new();
-        if !views.is_empty() {
-            let pixels = Tensor::cat(&views, 0)?.to_device(&self.device)?;
-            let n = views.len();
-            let cls = self.vision.cls(&pixels, ctx)?.reshape((n, NUM_VIEWS, ()))?;
-            let projected = self.projector.forward(&cls, ctx)?;
+        if let Some(cls) = cls {
+            let n = cls.dim(0)? / NUM_VIEWS;
+            let projected = self.projector.forward(&cls.reshape((n, NUM_VIEWS, ()))?, ctx)?;
             encoded = (0..n).map(|i| projected.get(i)).collect::<candle_core::Result<Vec<_>>>()?;
         }
         let mut encoded = encoded.into_iter();
@@ -250,9 +278,18 @@ impl TrainModel {
         if batch.is_empty() {
             return Err(Error::Input("empty batch".into()));
         }
+        let images = self.image_tokens(batch, ctx)?;
+        self.splice(batch, &images)
+    }
+
+    /// Right-padded input embeddings `[B, T, H]` of the batch with the projected `images`
+    /// spliced into their slots, and row lengths.
+    pub(crate) fn splice(&self, batch: &[Encoded], images: &[Tensor]) -> Result<(Tensor, Vec<usize>)> {
+        if batch.is_empty() {
+            return Err(Error::Input("empty batch".into()));
+        }
         let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let lens: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
-        let images = self.image_tokens(batch, ctx)?;
         let pad = self.tokenizer.eos_id();
         let mut rows = Vec::with_capacity(batch.len());
         let mut img = 0usize;
@@ -281,10 +318,9 @@ impl TrainModel {
         Ok((Tensor::stack(&rows, 0)?, lens))
     }
 
-    /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
-    pub fn loss_sum(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
-        let (embeds, lens) = self.embeds(batch, ctx)?;
-        let t = embeds.dim(1)?;
+    /// Flat indices (into `B * T`) of the positions that predict a target token, and those
+    /// tokens. Fails when the batch supervises nothing.
+    pub(crate) fn target_rows(batch: &[Encoded], t: usize) -> Result<(Vec<u32>, Vec<u32>)> {
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         for (r, e) in batch.iter().enumerate() {
             for p in 0..e.labels.len().saturating_sub(1) {
@@ -298,12 +334,24 @@ impl TrainModel {
         if rows.is_empty() {
             return Err(Error::Input("the batch has no target tokens".into()));
         }
-        let hidden = self.decoder.forward(&embeds, &lens, ctx)?;
-        let logits = self.decoder.logits_at(&hidden, &rows, ctx)?;
+        Ok((rows, targets))
+    }
+
+    /// Summed negative log-likelihood (f32 scalar) of `targets` from the last hidden states
+    /// `[B, T, H]` at flat positions `rows`.
+    pub(crate) fn head_loss(&self, hidden: &Tensor, rows: &[u32], targets: &[u32], ctx: &mut Ctx) -> Result<Tensor> {
+        let logits = self.decoder.logits_at(hidden, rows, ctx)?;
         let logp = ops::log_softmax_last_dim(&logits)?;
-        let tgt = Tensor::new(targets.as_slice(), &self.device)?.unsqueeze(1)?;
-        let picked = logp.gather(&tgt, 1)?;
-        Ok((picked.sum_all()?.neg()?, rows.len()))
+        let tgt = Tensor::new(targets, &self.device)?.unsqueeze(1)?;
+        Ok(logp.gather(&tgt, 1)?.sum_all()?.neg()?)
+    }
+
+    /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
+    pub fn loss_sum(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
+        let (embeds, lens) = self.embeds(batch, ctx)?;
+        let (rows, targets) = Self::target_rows(batch, embeds.dim(1)?)?;
+        let hidden = self.decoder.forward(&embeds, &lens, ctx)?;
+        Ok((self.head_loss(&hidden, &rows, &targets, ctx)?, rows.len()))
     }
 
     /// Mean cross-entropy over the batch's target tokens (what transformers reports as `loss`).

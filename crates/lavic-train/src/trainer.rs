@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::accumulate;
 use crate::error::{Error, Result};
 use crate::linear::Ctx;
 use crate::model::{Encoded, TrainModel};
@@ -67,7 +68,16 @@ pub struct StepReport {
 
 /// Gradients of the mean loss of `batch` for every trainable tensor of `model`, by name. A
 /// trainable tensor that receives no gradient is an error (it would silently never train).
+/// With [`TrainModel::grad_checkpoint`] the gradients come from the checkpointed path.
 pub fn gradients(model: &TrainModel, batch: &[Encoded], ctx: &mut Ctx) -> Result<(f64, HashMap<String, Tensor>)> {
+    if model.grad_checkpoint() {
+        let tokens: usize = batch.iter().map(Encoded::target_tokens).sum();
+        let c = model.checkpointed_grads(batch, tokens as f64, ctx)?;
+        if let Some(name) = model.params().vars.keys().find(|n| !c.grads.contains_key(*n)) {
+            return Err(Error::Input(format!("{name} received no gradient")));
+        }
+        return Ok((c.loss, c.grads));
+    }
     let loss = model.loss(batch, ctx)?;
     let grads = loss.backward()?;
     let mut out = HashMap::new();
@@ -150,18 +160,23 @@ impl<'a> Trainer<'a> {
         let mut acc: HashMap<String, Tensor> = HashMap::new();
         let mut loss = 0f64;
         for batch in &micro {
+            if self.model.grad_checkpoint() {
+                let c = self.model.checkpointed_grads(batch, tokens as f64, &mut self.ctx)?;
+                loss += c.loss;
+                for (name, g) in c.grads {
+                    let g = match acc.remove(&name) {
+                        Some(prev) => (prev + g)?,
+                        None => g,
+                    };
+                    acc.insert(name, g);
+                }
+                continue;
+            }
             let (sum, _) = self.model.loss_sum(batch, &mut self.ctx)?;
             let scaled = (sum / tokens as f64)?;
             loss += scaled.to_scalar::<f32>()? as f64;
             let grads = scaled.backward()?;
-            for (name, var) in &self.model.params().vars {
-                let Some(g) = grads.get(var.as_tensor()) else { continue };
-                let g = match acc.remove(name) {
-                    Some(prev) => (prev + g)?,
-                    None => g.clone(),
-                };
-                acc.insert(name.clone(), g);
-            }
+            accumulate(self.model.params(), &grads, &mut acc)?;
         }
         if let Some(name) = self.model.params().vars.keys().find(|n| !acc.contains_key(*n)) {
             return Err(Error::Input(format!("{name} received no gradient")));

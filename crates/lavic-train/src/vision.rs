@@ -108,6 +108,20 @@ impl VisionTower {
 
     /// CLS row of the final layer per view: pixels `[N, C, S, S]` -> `[N, hidden]`.
     pub fn cls(&self, pixels: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let mut x = self.stem(pixels)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, ctx)?;
+        }
+        Self::cls_row(&x)
+    }
+
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Patch and position embeddings and `pre_layrnorm`: pixels `[N, C, S, S]` -> `[N, 1 + P, hidden]`.
+    pub fn stem(&self, pixels: &Tensor) -> Result<Tensor> {
         let s = self.cfg.image_size;
         let dims = pixels.dims();
         if dims.len() != 4 || dims[1] != self.cfg.num_channels || dims[2] != s || dims[3] != s {
@@ -127,11 +141,17 @@ impl VisionTower {
         let x = patches.broadcast_matmul(&self.patch_weight.t()?)?;
         let cls = self.class_embedding.reshape((1, 1, ()))?.broadcast_as((n, 1, self.cfg.hidden_size))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
-        let mut x = self.pre_layrnorm.forward(&x)?;
-        let last = self.layers.len().saturating_sub(1);
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, (i == last).then_some(1), ctx)?;
-        }
+        self.pre_layrnorm.forward(&x)
+    }
+
+    /// Encoder layer `i` (the last one computes only the CLS row).
+    pub fn layer(&self, i: usize, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let layer = self.layers.get(i).ok_or_else(|| Error::Input(format!("no vision layer {i}")))?;
+        layer.forward(x, (i + 1 == self.layers.len()).then_some(1), ctx)
+    }
+
+    /// `[N, 1.., hidden]` -> the CLS rows `[N, hidden]`.
+    pub fn cls_row(x: &Tensor) -> Result<Tensor> {
         Ok(x.narrow(1, 0, 1)?.squeeze(1)?)
     }
 }
