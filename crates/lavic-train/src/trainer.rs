@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::linear::Ctx;
+use crate::linear::Params;
 use crate::model::{Encoded, TrainModel};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::rng::Rng;
@@ -78,6 +79,38 @@ pub fn gradients(model: &TrainModel, batch: &[Encoded], ctx: &mut Ctx) -> Result
     Ok((loss.to_scalar::<f32>()? as f64, out))
 }
 
+/// What a [`Trainer`] trains: a model with trainable tensors and a summed token loss over a
+/// micro-batch of its own examples. [`TrainModel`] (the LoRA stages) and
+/// [`crate::full::FullModel`] (stage 0, every parameter) implement it.
+pub trait Objective {
+    /// One tokenised training example.
+    type Item: Clone;
+    /// The trainable tensors.
+    fn params(&self) -> &Params;
+    /// Device of the model.
+    fn device(&self) -> &Device;
+    /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
+    fn loss_sum(&self, batch: &[Self::Item], ctx: &mut Ctx) -> Result<(Tensor, usize)>;
+    /// Supervised tokens of one example.
+    fn target_tokens(item: &Self::Item) -> usize;
+}
+
+impl Objective for TrainModel {
+    type Item = Encoded;
+    fn params(&self) -> &Params {
+        TrainModel::params(self)
+    }
+    fn device(&self) -> &Device {
+        TrainModel::device(self)
+    }
+    fn loss_sum(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
+        TrainModel::loss_sum(self, batch, ctx)
+    }
+    fn target_tokens(item: &Encoded) -> usize {
+        item.target_tokens()
+    }
+}
+
 /// Serialised part of the training state (tensors live beside it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StateFile {
@@ -89,9 +122,9 @@ struct StateFile {
     tensors: String,
 }
 
-/// A training run over a fixed list of examples.
-pub struct Trainer<'a> {
-    model: &'a TrainModel,
+/// A training run over a fixed list of examples (LoRA stages by default, any [`Objective`]).
+pub struct Trainer<'a, M: Objective = TrainModel> {
+    model: &'a M,
     opt: AdamW,
     /// Settings.
     pub config: TrainConfig,
@@ -100,9 +133,9 @@ pub struct Trainer<'a> {
     pub position: u64,
 }
 
-impl<'a> Trainer<'a> {
+impl<'a, M: Objective> Trainer<'a, M> {
     /// A fresh run.
-    pub fn new(model: &'a TrainModel, config: TrainConfig) -> Result<Self> {
+    pub fn new(model: &'a M, config: TrainConfig) -> Result<Self> {
         if config.batch_size == 0 || config.accumulation == 0 {
             return Err(Error::Input("batch_size and accumulation must be at least 1".into()));
         }
@@ -128,11 +161,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// One optimizer step over the next `batch_size * accumulation` examples of `data`.
-    pub fn step(&mut self, data: &[Encoded]) -> Result<StepReport> {
+    pub fn step(&mut self, data: &[M::Item]) -> Result<StepReport> {
         if data.is_empty() {
             return Err(Error::Input("no training examples".into()));
         }
-        let micro: Vec<Vec<Encoded>> = (0..self.config.accumulation)
+        let micro: Vec<Vec<M::Item>> = (0..self.config.accumulation)
             .map(|_| {
                 (0..self.config.batch_size)
                     .map(|_| {
@@ -143,7 +176,7 @@ impl<'a> Trainer<'a> {
                     .collect()
             })
             .collect();
-        let tokens: usize = micro.iter().flatten().map(Encoded::target_tokens).sum();
+        let tokens: usize = micro.iter().flatten().map(M::target_tokens).sum();
         if tokens == 0 {
             return Err(Error::Input("the accumulation window has no target tokens".into()));
         }
@@ -219,7 +252,7 @@ impl<'a> Trainer<'a> {
 
     /// Resumes a run saved by [`Trainer::save_state`]: trainable tensors of `model`, AdamW
     /// moments and step, RNG state and data position are restored.
-    pub fn resume(model: &'a TrainModel, dir: &Path) -> Result<Self> {
+    pub fn resume(model: &'a M, dir: &Path) -> Result<Self> {
         let bad = |reason: String| Error::State { path: dir.to_path_buf(), reason };
         let json = dir.join("state.json");
         let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;

@@ -1,7 +1,8 @@
 //! Training forward of the CLIP vision tower and the multi-modal projector: the same
 //! computation as lavic-model's `clip.rs` / `projector.rs` (CLS of the final layer before
 //! `post_layernorm`; the final layer computes only the CLS row), with differentiable LayerNorm and
-//! softmax and [`LoraLinear`] layers.
+//! softmax and [`LoraLinear`] layers. [`VisionTower::hidden_states`] also gives every patch
+//! token of an inner layer, as LLaVA's `vision_feature_layer` (stage 0, [`crate::full`]).
 
 use candle_core::Tensor;
 use lavic_model::config::{Activation, VisionConfig};
@@ -106,8 +107,9 @@ impl VisionTower {
         Ok(Self { patch_weight, class_embedding, position_embedding, pre_layrnorm, layers, cfg: cfg.clone() })
     }
 
-    /// CLS row of the final layer per view: pixels `[N, C, S, S]` -> `[N, hidden]`.
-    pub fn cls(&self, pixels: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    /// Embeddings after `pre_layrnorm` (transformers' `hidden_states[0]`): pixels
+    /// `[N, C, S, S]` -> `[N, 1 + grid^2, hidden]`, CLS first.
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         let s = self.cfg.image_size;
         let dims = pixels.dims();
         if dims.len() != 4 || dims[1] != self.cfg.num_channels || dims[2] != s || dims[3] != s {
@@ -127,12 +129,35 @@ impl VisionTower {
         let x = patches.broadcast_matmul(&self.patch_weight.t()?)?;
         let cls = self.class_embedding.reshape((1, 1, ()))?.broadcast_as((n, 1, self.cfg.hidden_size))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
-        let mut x = self.pre_layrnorm.forward(&x)?;
+        self.pre_layrnorm.forward(&x)
+    }
+
+    /// CLS row of the final layer per view: pixels `[N, C, S, S]` -> `[N, hidden]`.
+    pub fn cls(&self, pixels: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let mut x = self.embed(pixels)?;
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, (i == last).then_some(1), ctx)?;
         }
         Ok(x.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+
+    /// transformers' `hidden_states[layers]`: every token (CLS first) after the first `layers`
+    /// encoder layers, `[N, 1 + grid^2, hidden]` (0: the embeddings after `pre_layrnorm`).
+    pub fn hidden_states(&self, pixels: &Tensor, layers: usize, ctx: &mut Ctx) -> Result<Tensor> {
+        if layers > self.layers.len() {
+            return Err(Error::Input(format!("hidden state {layers} of a tower with {} layers", self.layers.len())));
+        }
+        let mut x = self.embed(pixels)?;
+        for layer in &self.layers[..layers] {
+            x = layer.forward(&x, None, ctx)?;
+        }
+        Ok(x)
+    }
+
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 }
 
