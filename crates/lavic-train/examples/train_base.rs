@@ -76,7 +76,11 @@ fn main() -> anyhow::Result<()> {
         None => Box::new(std::io::sink()),
     };
     let model = FullModel::load(&base, None, &Device::Cpu)?;
-    let filter = Stage0Filter { splits: list(&a, "splits"), tasks: list(&a, "tasks"), limit: a.get("limit").map(|v| v.parse()).transpose()? };
+    let filter = Stage0Filter {
+        splits: list(&a, "splits"),
+        tasks: list(&a, "tasks"),
+        limit: a.get("limit").map(|v| v.parse()).transpose()?,
+    };
     let lines = read_lines(&world, &filter)?;
     if lines.len() <= eval_n {
         bail!("{} stage-0 lines selected, need more than --eval {eval_n}", lines.len());

@@ -362,7 +362,11 @@ impl FullModel {
     pub fn lavic_logits(&self, prompt: &str, views: &[Tensor]) -> Result<Tensor> {
         let tp = self.tokenizer.tokenize_prompt(prompt)?;
         if tp.image_slots.len() != views.len() {
-            return Err(Error::Input(format!("prompt has {} image blocks but {} images were given", tp.image_slots.len(), views.len())));
+            return Err(Error::Input(format!(
+                "prompt has {} image blocks but {} images were given",
+                tp.image_slots.len(),
+                views.len()
+            )));
         }
         let mut ctx = Ctx::eval();
         let emb = self.decoder.embed(&tp.ids, &self.device)?;

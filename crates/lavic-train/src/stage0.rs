@@ -47,8 +47,8 @@ pub fn read_lines(world: &Path, filter: &Stage0Filter) -> Result<Vec<Stage0Line>
         if line.trim().is_empty() {
             continue;
         }
-        let l: Stage0Line = serde_json::from_str(line)
-            .map_err(|e| Error::Input(format!("{} line {}: {e}", path.display(), i + 1)))?;
+        let l: Stage0Line =
+            serde_json::from_str(line).map_err(|e| Error::Input(format!("{} line {}: {e}", path.display(), i + 1)))?;
         let keep = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
         if keep(&filter.splits, &l.split) && keep(&filter.tasks, &l.task) {
             out.push(l);
@@ -64,8 +64,7 @@ pub fn read_lines(world: &Path, filter: &Stage0Filter) -> Result<Vec<Stage0Line>
 pub fn item_views(world: &Path, id: &str, anyres: &AnyResConfig) -> Result<Tensor> {
     let path = world.join("images").join(format!("{id}.png"));
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let img = decode_rgb(&bytes, &DecodeLimits::default())
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let img = decode_rgb(&bytes, &DecodeLimits::default()).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     let (px, _) = preprocess(&img, anyres);
     let t = anyres.tile;
     Ok(Tensor::from_vec(px, (NUM_VIEWS, 3, t, t), &Device::Cpu)?)

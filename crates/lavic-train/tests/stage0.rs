@@ -34,7 +34,8 @@ fn sliver() -> Sliver {
     let (w, b) = (dir.path().join("world"), dir.path().join("base"));
     write(&world, &w).unwrap();
     let mut cfg = BaseConfig::demo(1);
-    (cfg.vision_hidden, cfg.vision_layers, cfg.text_hidden, cfg.text_layers, cfg.text_intermediate, cfg.vocab) = (32, 2, 32, 1, 64, 500);
+    (cfg.vision_hidden, cfg.vision_layers, cfg.text_hidden, cfg.text_layers, cfg.text_intermediate, cfg.vocab) =
+        (32, 2, 32, 1, 64, 500);
     let extra = vec![lavic_model::prompt::distillation_prompt(""), lavic_model::prompt::recommendation_head().to_string()];
     write_base(&world, &cfg, &extra, &b).unwrap();
     Sliver { root: dir.path().to_path_buf(), _dir: dir, world: w, base: b }
@@ -93,12 +94,20 @@ fn full_parameter_gradients_equal_finite_differences() {
     // with f32 finite differences); v, out and MLP weights carry the attention path instead.
     // The CLS embedding reaches the patch features only through layer 0's attention: a gradient,
     // but too small to check against f32 finite differences.
-    let cls = grads.get(vars["vision_tower.vision_model.embeddings.class_embedding"].as_tensor()).expect("class_embedding: no gradient");
+    let cls = grads
+        .get(vars["vision_tower.vision_model.embeddings.class_embedding"].as_tensor())
+        .expect("class_embedding: no gradient");
     assert!(cls.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
     let eps = 1e-2f64;
     for name in names {
         let var = &vars[name];
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient")).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // The scalar with the largest gradient, so the check is not lost in f32 rounding.
         let (i, &gi) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
         let orig = var.as_tensor().clone();
@@ -147,7 +156,8 @@ fn patch_slot_forward_equals_a_reference_from_inference_code_and_plain_loops() {
     // Input embeddings written row by row, then the decoder: equals the model's logits.
     let feats = want.to_vec2::<f32>().unwrap();
     let text = model.embed_ids(&e.ids).unwrap().to_vec2::<f32>().unwrap();
-    let rows: Vec<f32> = (0..e.ids.len()).flat_map(|p| if (1..1 + n).contains(&p) { feats[p - 1].clone() } else { text[p].clone() }).collect();
+    let rows: Vec<f32> =
+        (0..e.ids.len()).flat_map(|p| if (1..1 + n).contains(&p) { feats[p - 1].clone() } else { text[p].clone() }).collect();
     let embeds = Tensor::from_vec(rows, (e.ids.len(), 32), &Device::Cpu).unwrap();
     let reference = model.logits_of_embeds(&embeds).unwrap();
     let logits = model.logits(e, &mut Ctx::eval()).unwrap();
