@@ -88,3 +88,41 @@ pub fn examples(world: &Path, lines: &[Stage0Line], anyres: &AnyResConfig) -> Re
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_filters_and_names_a_bad_line() {
+        let d = tempfile::tempdir().unwrap();
+        let line = |id: &str, split: &str, task: &str| {
+            format!(r#"{{"id":"{id}","split":"{split}","task":"{task}","question":"q","answer":"a"}}"#)
+        };
+        let text = [line("A", "train", "main"), line("B", "test", "main"), String::new(), line("C", "train", "kind")].join("\n");
+        std::fs::write(d.path().join("stage0.jsonl"), text).unwrap();
+        let f = Stage0Filter { splits: vec!["train".into()], ..Stage0Filter::default() };
+        let ids: Vec<String> = read_lines(d.path(), &f).unwrap().into_iter().map(|l| l.id).collect();
+        assert_eq!(ids, ["A", "C"]);
+        let f = Stage0Filter { tasks: vec!["main".into()], limit: Some(1), ..Stage0Filter::default() };
+        assert_eq!(read_lines(d.path(), &f).unwrap().len(), 1);
+        std::fs::write(d.path().join("stage0.jsonl"), format!("{}\n{{\"id\": 3}}\n", line("A", "train", "main"))).unwrap();
+        let e = read_lines(d.path(), &Stage0Filter::default()).unwrap_err().to_string();
+        assert!(e.contains("stage0.jsonl line 2"), "{e}");
+        let e = item_views(
+            d.path(),
+            "NOPE",
+            &lavic_model::anyres::AnyResConfig {
+                tile: 32,
+                shortest_edge: 32,
+                pinpoints: vec![(32, 64)],
+                mean: [0.0; 3],
+                std: [1.0; 3],
+                rescale: 1.0 / 255.0,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("NOPE.png"), "{e}");
+    }
+}

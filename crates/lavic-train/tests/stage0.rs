@@ -163,6 +163,21 @@ fn patch_slot_forward_equals_a_reference_from_inference_code_and_plain_loops() {
     let logits = model.logits(e, &mut Ctx::eval()).unwrap();
     let d = max_abs(&logits, &reference);
     assert!(d < 1e-5, "patch-slot logits differ from the reference by {d}");
+    // Bad inputs are refused with a reason.
+    let mut bad = examples(
+        &s.world,
+        &read_lines(&s.world, &Stage0Filter { limit: Some(1), ..Stage0Filter::default() }).unwrap(),
+        &model.anyres,
+    )
+    .unwrap()
+    .remove(0);
+    bad.images.push(views.clone());
+    assert!(model.encode(&bad).unwrap_err().to_string().contains("1 <image> tokens but 2 images"));
+    bad.images = vec![views.narrow(0, 0, 4).unwrap()];
+    assert!(model.encode(&bad).unwrap_err().to_string().contains("expected [5, 3, 32, 32]"));
+    bad.images = vec![views.clone()];
+    bad.target = "<image>".into();
+    assert!(model.encode(&bad).unwrap_err().to_string().contains("holds the image token"));
     // And the image matters: another item's views change the answer's logits.
     let other = encoded(&model, &s.world, 8).pop().unwrap();
     assert!(max_abs(&other.images[0], views) > 0.1, "the 8th sample shows the same image");
