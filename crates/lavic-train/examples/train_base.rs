@@ -8,11 +8,13 @@
 //! cargo run --release -p lavic-train --example train_base -- \
 //!     --world demo/world --base demo/base0 --out demo/base --steps 600 [--splits train,valid,test]
 //!     [--tasks describe,main] [--limit N] [--batch 8] [--lr 1e-3] [--warmup 30] [--seed 42]
-//!     [--dtype f16] [--state DIR] [--save-every 100] [--eval 64] [--log FILE]
+//!     [--dtype f16] [--state DIR] [--save-every 100] [--eval 64] [--answers 7] [--log FILE]
 //! ```
 //!
 //! Prints one line per step (step, loss, grad norm, lr, seconds), a held-out loss (the last
-//! `--eval` samples, not trained on) before and after, and a few greedy answers.
+//! `--eval` samples, not trained on) before and after, and greedy answers to the first
+//! `--answers` of those with exact matches per task. Resuming a `--state` that has already
+//! reached `--steps` only evaluates and saves.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,10 +24,10 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device};
 use lavic_train::checkpoint::save_full;
-use lavic_train::full::{stage0_prompt, FullModel, PatchEncoded};
+use lavic_train::full::{stage0_prompt, FullModel, PatchEncoded, PatchExample};
 use lavic_train::linear::Ctx;
 use lavic_train::optim::{AdamWConfig, Schedule};
-use lavic_train::stage0::{examples, read_lines, Stage0Filter};
+use lavic_train::stage0::{examples, read_lines, Stage0Filter, Stage0Line};
 use lavic_train::trainer::{TrainConfig, Trainer};
 
 fn args() -> anyhow::Result<HashMap<String, String>> {
@@ -58,6 +60,21 @@ fn mean_loss(model: &FullModel, data: &[PatchEncoded]) -> anyhow::Result<f64> {
         n += k;
     }
     Ok(sum / n.max(1) as f64)
+}
+
+/// Greedy answers to the first `n` held-out samples, printed, with exact matches per task.
+fn answers(model: &FullModel, lines: &[Stage0Line], exs: &[PatchExample], n: usize) -> anyhow::Result<()> {
+    let mut hits: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (l, e) in lines.iter().zip(exs).take(n) {
+        let got = model.generate(&stage0_prompt(&l.question), &e.images, 48)?;
+        let h = hits.entry(l.task.as_str()).or_default();
+        h.0 += (got.trim() == l.answer) as usize;
+        h.1 += 1;
+        println!("{} {}: {:?} (truth {:?})", l.id, l.task, got, l.answer);
+    }
+    let per: Vec<String> = hits.iter().map(|(t, (k, m))| format!("{t} {k}/{m}")).collect();
+    println!("exact answers on {} held-out samples: {}", n.min(lines.len()), per.join(", "));
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -132,10 +149,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("held-out loss after: {:.4} ({} steps, {:.1}s)", mean_loss(&model, held)?, steps, t0.elapsed().as_secs_f64());
-    for (l, e) in lines[lines.len() - eval_n..].iter().zip(&all[all.len() - eval_n..]).take(7) {
-        let got = model.generate(&stage0_prompt(&l.question), &e.images, 48)?;
-        println!("{} {}: {:?} (truth {:?})", l.id, l.task, got, l.answer);
-    }
+    answers(&model, &lines[lines.len() - eval_n..], &all[all.len() - eval_n..], num(&a, "answers", 7)?)?;
     let saved = save_full(&model, &out, dtype)?;
     println!("saved {} ({} tensors, {} trained, {} bytes)", out.display(), saved.tensors, saved.trained, saved.bytes);
     Ok(())
