@@ -6,18 +6,23 @@
 //!
 //! Read top-down: [`ops`] (differentiable replacements of candle's fused ops) -> [`rng`] ->
 //! [`spec`] (what is trained) -> [`linear`] (LoRA Linear) -> [`vision`] / [`decoder`] (training
-//! forward) -> [`model`] (prompts, images, loss) -> [`checkpoint`] -> [`optim`] -> [`trainer`] -> [`peft`].
+//! forward) -> [`model`] (prompts, images, loss) -> [`checkpoint`] (gradient checkpointing) ->
+//! [`optim`] -> [`trainer`] -> [`peft`]. Stage 0 (every parameter trained, images as full patch
+//! features): [`full`] -> [`stage0`] (the demo world's data) -> [`save`] (llava-hf folder).
 
 mod error;
 pub mod checkpoint;
 pub mod decoder;
+pub mod full;
 pub mod linear;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod peft;
 pub mod rng;
+pub mod save;
 pub mod spec;
+pub mod stage0;
 pub mod trainer;
 pub mod vision;
 

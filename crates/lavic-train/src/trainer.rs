@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::accumulate;
 use crate::error::{Error, Result};
 use crate::linear::Ctx;
+use crate::linear::Params;
 use crate::model::{Encoded, TrainModel};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::rng::Rng;
@@ -88,6 +89,51 @@ pub fn gradients(model: &TrainModel, batch: &[Encoded], ctx: &mut Ctx) -> Result
     Ok((loss.to_scalar::<f32>()? as f64, out))
 }
 
+/// What a [`Trainer`] trains: a model with trainable tensors and a summed token loss over a
+/// micro-batch of its own examples. [`TrainModel`] (the LoRA stages) and
+/// [`crate::full::FullModel`] (stage 0, every parameter) implement it.
+pub trait Objective {
+    /// One tokenised training example.
+    type Item: Clone;
+    /// The trainable tensors.
+    fn params(&self) -> &Params;
+    /// Device of the model.
+    fn device(&self) -> &Device;
+    /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
+    fn loss_sum(&self, batch: &[Self::Item], ctx: &mut Ctx) -> Result<(Tensor, usize)>;
+    /// Supervised tokens of one example.
+    fn target_tokens(item: &Self::Item) -> usize;
+    /// With gradient checkpointing on: the micro-batch's loss (divided by `divisor`) and every
+    /// trainable tensor's gradient, computed layer by layer ([`crate::checkpoint`]). `None` (the
+    /// default): the plain path, one graph over the whole forward.
+    fn checkpointed(&self, _batch: &[Self::Item], _divisor: f64, _ctx: &mut Ctx) -> Result<Option<(f64, HashMap<String, Tensor>)>> {
+        Ok(None)
+    }
+}
+
+impl Objective for TrainModel {
+    type Item = Encoded;
+    fn params(&self) -> &Params {
+        TrainModel::params(self)
+    }
+    fn device(&self) -> &Device {
+        TrainModel::device(self)
+    }
+    fn loss_sum(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
+        TrainModel::loss_sum(self, batch, ctx)
+    }
+    fn target_tokens(item: &Encoded) -> usize {
+        item.target_tokens()
+    }
+    fn checkpointed(&self, batch: &[Encoded], divisor: f64, ctx: &mut Ctx) -> Result<Option<(f64, HashMap<String, Tensor>)>> {
+        if !self.grad_checkpoint() {
+            return Ok(None);
+        }
+        let c = self.checkpointed_grads(batch, divisor, ctx)?;
+        Ok(Some((c.loss, c.grads)))
+    }
+}
+
 /// Serialised part of the training state (tensors live beside it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StateFile {
@@ -99,9 +145,9 @@ struct StateFile {
     tensors: String,
 }
 
-/// A training run over a fixed list of examples.
-pub struct Trainer<'a> {
-    model: &'a TrainModel,
+/// A training run over a fixed list of examples (LoRA stages by default, any [`Objective`]).
+pub struct Trainer<'a, M: Objective = TrainModel> {
+    model: &'a M,
     opt: AdamW,
     /// Settings.
     pub config: TrainConfig,
@@ -110,9 +156,9 @@ pub struct Trainer<'a> {
     pub position: u64,
 }
 
-impl<'a> Trainer<'a> {
+impl<'a, M: Objective> Trainer<'a, M> {
     /// A fresh run.
-    pub fn new(model: &'a TrainModel, config: TrainConfig) -> Result<Self> {
+    pub fn new(model: &'a M, config: TrainConfig) -> Result<Self> {
         if config.batch_size == 0 || config.accumulation == 0 {
             return Err(Error::Input("batch_size and accumulation must be at least 1".into()));
         }
@@ -138,11 +184,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// One optimizer step over the next `batch_size * accumulation` examples of `data`.
-    pub fn step(&mut self, data: &[Encoded]) -> Result<StepReport> {
+    pub fn step(&mut self, data: &[M::Item]) -> Result<StepReport> {
         if data.is_empty() {
             return Err(Error::Input("no training examples".into()));
         }
-        let micro: Vec<Vec<Encoded>> = (0..self.config.accumulation)
+        let micro: Vec<Vec<M::Item>> = (0..self.config.accumulation)
             .map(|_| {
                 (0..self.config.batch_size)
                     .map(|_| {
@@ -153,17 +199,16 @@ impl<'a> Trainer<'a> {
                     .collect()
             })
             .collect();
-        let tokens: usize = micro.iter().flatten().map(Encoded::target_tokens).sum();
+        let tokens: usize = micro.iter().flatten().map(M::target_tokens).sum();
         if tokens == 0 {
             return Err(Error::Input("the accumulation window has no target tokens".into()));
         }
         let mut acc: HashMap<String, Tensor> = HashMap::new();
         let mut loss = 0f64;
         for batch in &micro {
-            if self.model.grad_checkpoint() {
-                let c = self.model.checkpointed_grads(batch, tokens as f64, &mut self.ctx)?;
-                loss += c.loss;
-                for (name, g) in c.grads {
+            if let Some((l, grads)) = self.model.checkpointed(batch, tokens as f64, &mut self.ctx)? {
+                loss += l;
+                for (name, g) in grads {
                     let g = match acc.remove(&name) {
                         Some(prev) => (prev + g)?,
                         None => g,
@@ -234,7 +279,7 @@ impl<'a> Trainer<'a> {
 
     /// Resumes a run saved by [`Trainer::save_state`]: trainable tensors of `model`, AdamW
     /// moments and step, RNG state and data position are restored.
-    pub fn resume(model: &'a TrainModel, dir: &Path) -> Result<Self> {
+    pub fn resume(model: &'a M, dir: &Path) -> Result<Self> {
         let bad = |reason: String| Error::State { path: dir.to_path_buf(), reason };
         let json = dir.join("state.json");
         let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;

@@ -154,6 +154,19 @@ impl VisionTower {
     pub fn cls_row(x: &Tensor) -> Result<Tensor> {
         Ok(x.narrow(1, 0, 1)?.squeeze(1)?)
     }
+
+    /// transformers' `hidden_states[layers]`: every token (CLS first) after the first `layers`
+    /// encoder layers, `[N, 1 + grid^2, hidden]` (0: the embeddings after `pre_layrnorm`).
+    pub fn hidden_states(&self, pixels: &Tensor, layers: usize, ctx: &mut Ctx) -> Result<Tensor> {
+        if layers > self.layers.len() {
+            return Err(Error::Input(format!("hidden state {layers} of a tower with {} layers", self.layers.len())));
+        }
+        let mut x = self.stem(pixels)?;
+        for layer in &self.layers[..layers] {
+            x = layer.forward(&x, None, ctx)?;
+        }
+        Ok(x)
+    }
 }
 
 /// `multi_modal_projector`: `linear_2(act(linear_1(x)))`.

@@ -1,0 +1,434 @@
+//! Stage 0 (our stand-in for LLaVA-v1.6 pre-training): the whole LLaVA-NeXT model trained, every
+//! tensor that the stage-0 forward uses an f32 [`Var`](candle_core::Var), with images fed as
+//! full patch features as LLaVA does, not LaViC's 5 CLS tokens.
+//!
+//! The image slot: a prompt marks each image with the checkpoint's image token (`<image>`,
+//! `config.image_token_index`), which [`FullModel::encode`] expands to
+//! [`FullModel::patch_tokens`] positions: the 5 AnyRes views in order (base view first), each
+//! view's `grid^2` patch tokens in row-major order, taken from transformers' `hidden_states`
+//! at `vision_feature_layer` (penultimate by default) with the CLS row dropped (strategy
+//! `default`) and passed through the projector. Simpler than LLaVA-NeXT's unpadded grid with
+//! `image_newline` rows (not used), and the same for every image.
+//!
+//! Trainable: every tensor of the checkpoint's modules except the vision layers after
+//! `vision_feature_layer` (stage 0 never runs them; they stay as loaded and are saved as they
+//! were, so the CLS path of LaViC's stages 1 and 2 starts from them). The stage-0 target is
+//! supervised up to and including `</s>`, so the model learns where an answer ends.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lavic_model::anyres::{AnyResConfig, NUM_VIEWS};
+use lavic_model::config::{LlavaConfig, PreprocessorConfig};
+use lavic_model::prompt::ANSWER_PREFIX;
+use lavic_model::weights::{Checkpoint, Weights};
+use lavic_model::LavicTokenizer;
+
+use crate::decoder::Decoder;
+use crate::error::{Error, Result};
+use crate::linear::{Builder, Ctx, Params};
+use crate::model::IGNORE;
+use crate::ops;
+use crate::rng::Rng;
+use crate::spec::{LoraSpec, Targets};
+use crate::trainer::Objective;
+use crate::vision::{Projector, VisionTower};
+
+/// The text that marks an image in a stage-0 prompt.
+pub const IMAGE_TOKEN: &str = "<image>";
+
+/// The stage-0 prompt of a question about one image: `<image>\n{question}\nAssistant:`.
+pub fn stage0_prompt(question: &str) -> String {
+    format!("{IMAGE_TOKEN}\n{question}{ANSWER_PREFIX}")
+}
+
+/// One stage-0 sample: a prompt with one [`IMAGE_TOKEN`] per image, its answer, and each
+/// image's 5 views `[5, 3, S, S]` in prompt order.
+#[derive(Debug, Clone)]
+pub struct PatchExample {
+    /// Prompt text (BOS is added by the tokenizer).
+    pub prompt: String,
+    /// Supervised continuation (`</s>` is appended and supervised too).
+    pub target: String,
+    /// Pixel views per image.
+    pub images: Vec<Tensor>,
+}
+
+/// A tokenised [`PatchExample`] with each image token expanded to its patch block.
+#[derive(Debug, Clone)]
+pub struct PatchEncoded {
+    /// Token ids (BOS first, `</s>` last); a patch block holds the image token id.
+    pub ids: Vec<u32>,
+    /// `ids` at target positions, [`IGNORE`] elsewhere.
+    pub labels: Vec<i64>,
+    /// First position of each image's patch block, in prompt order.
+    pub blocks: Vec<usize>,
+    /// Pixel views per image, `[5, 3, S, S]`.
+    pub images: Vec<Tensor>,
+}
+
+impl PatchEncoded {
+    /// Number of supervised tokens.
+    pub fn target_tokens(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE).count()
+    }
+}
+
+/// The whole model with every used tensor trainable.
+pub struct FullModel {
+    vision: VisionTower,
+    projector: Projector,
+    decoder: Decoder,
+    /// The tokenizer with LaViC's five item tokens.
+    pub tokenizer: LavicTokenizer,
+    /// Image preprocessing settings of the checkpoint.
+    pub anyres: AnyResConfig,
+    config: LlavaConfig,
+    params: Params,
+    device: Device,
+    feature_layers: usize,
+    pub(crate) ckpt: Arc<Checkpoint>,
+    pub(crate) model_dir: PathBuf,
+    pub(crate) tokenizer_path: PathBuf,
+}
+
+/// transformers' `hidden_states` index of `vision_feature_layer` (negative counts from the end).
+pub fn feature_layers(config: &LlavaConfig) -> Result<usize> {
+    let n = config.vision.num_hidden_layers as i64;
+    let fl = config.vision_feature_layer;
+    let idx = if fl < 0 { n + 1 + fl } else { fl };
+    if !(1..=n).contains(&idx) {
+        return Err(Error::Spec(format!("vision_feature_layer {fl} does not select a layer of a {n}-layer tower")));
+    }
+    Ok(idx as usize)
+}
+
+/// A spec that trains every module of `names` whole (no LoRA), except the vision layers from
+/// `feature_layers` on.
+fn full_spec(names: &[String], feature_layers: usize) -> LoraSpec {
+    let unused = |m: &str| {
+        m.strip_prefix("vision_tower.vision_model.encoder.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= feature_layers)
+    };
+    let modules: BTreeSet<String> =
+        names.iter().filter_map(|n| n.rsplit_once('.').map(|(m, _)| m.to_string())).filter(|m| !unused(m)).collect();
+    LoraSpec {
+        target_modules: Targets::Names(Vec::new()),
+        modules_to_save: modules.into_iter().collect(),
+        dropout: 0.0,
+        ..LoraSpec::stage1()
+    }
+}
+
+impl FullModel {
+    /// Loads a llava-hf checkpoint folder (f32 on `device`) with every used tensor trainable;
+    /// `tokenizer` defaults to the folder's `tokenizer.json`.
+    pub fn load(model_dir: impl Into<PathBuf>, tokenizer: Option<PathBuf>, device: &Device) -> Result<Self> {
+        let dir: PathBuf = model_dir.into();
+        let config = LlavaConfig::from_file(&dir.join("config.json"))?;
+        let anyres = AnyResConfig::new(&config, &PreprocessorConfig::from_dir_or_default(&dir)?)?;
+        let ckpt = Arc::new(Checkpoint::open(&dir)?);
+        let tokenizer_path = tokenizer.unwrap_or_else(|| dir.join("tokenizer.json"));
+        let tok = LavicTokenizer::from_file(&tokenizer_path)?;
+        let image_ids = tok.encode_plain(IMAGE_TOKEN)?;
+        if image_ids != [config.image_token_index] {
+            return Err(Error::Spec(format!(
+                "{}: {IMAGE_TOKEN} tokenises to {image_ids:?}, not to image_token_index {}",
+                tokenizer_path.display(),
+                config.image_token_index
+            )));
+        }
+        let feature_layers = feature_layers(&config)?;
+        let spec = full_spec(&ckpt.names(), feature_layers);
+        let w = Weights::new(ckpt.clone(), DType::F32, device.clone(), Vec::new(), true);
+        let mut params = Params::default();
+        let mut rng = Rng::new(0);
+        let mut b = Builder { spec: Some(&spec), params: &mut params, init: None, rng: &mut rng };
+        let vision = VisionTower::load(&mut b, &w.pp("vision_tower").pp("vision_model"), &config.vision)?;
+        let projector = Projector::load(
+            &mut b,
+            &w.pp("multi_modal_projector"),
+            config.vision.hidden_size,
+            config.text.hidden_size,
+            config.projector_hidden_act,
+            config.projector_bias,
+        )?;
+        let decoder = Decoder::load(&mut b, &w.pp("language_model"), &config.text, tok.len())?;
+        Ok(Self {
+            vision,
+            projector,
+            decoder,
+            tokenizer: tok,
+            anyres,
+            config,
+            params,
+            device: device.clone(),
+            feature_layers,
+            ckpt,
+            model_dir: dir,
+            tokenizer_path,
+        })
+    }
+
+    /// The trainable tensors, by checkpoint name (`vocab` rows for the embeddings and lm_head).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The checkpoint configuration.
+    pub fn config(&self) -> &LlavaConfig {
+        &self.config
+    }
+
+    /// Device of the model.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Positions one image takes in a stage-0 prompt: 5 views x `grid^2` patches.
+    pub fn patch_tokens(&self) -> usize {
+        NUM_VIEWS * self.config.vision.grid() * self.config.vision.grid()
+    }
+
+    /// Checks the image count against the prompt's image tokens and each image's shape.
+    fn check_images(&self, ids: &[u32], images: &[Tensor]) -> Result<()> {
+        let count = ids.iter().filter(|&&t| t == self.config.image_token_index).count();
+        if count != images.len() {
+            return Err(Error::Input(format!("prompt has {count} {IMAGE_TOKEN} tokens but {} images were given", images.len())));
+        }
+        let s = self.config.vision.image_size;
+        let want = [NUM_VIEWS, self.config.vision.num_channels, s, s];
+        if let Some(bad) = images.iter().find(|t| t.dims() != want) {
+            return Err(Error::Input(format!("image views have shape {:?}, expected {want:?}", bad.dims())));
+        }
+        Ok(())
+    }
+
+    /// Tokenises prompt + target, expands each image token to its patch block, appends `</s>`,
+    /// and supervises the tokens after the prompt.
+    pub fn encode(&self, ex: &PatchExample) -> Result<PatchEncoded> {
+        let img = self.config.image_token_index;
+        let full = self.tokenizer.encode(&format!("{}{}", ex.prompt, ex.target))?;
+        let prompt_len = self.tokenizer.encode(&ex.prompt)?.len();
+        if prompt_len > full.len() || ex.target.is_empty() {
+            return Err(Error::Input(format!("target {:?} adds no token after the prompt", ex.target)));
+        }
+        if full[prompt_len..].contains(&img) {
+            return Err(Error::Input(format!("the target {:?} holds the image token", ex.target)));
+        }
+        self.check_images(&full, &ex.images)?;
+        let n = self.patch_tokens();
+        let (mut ids, mut labels, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &t) in full.iter().enumerate() {
+            if t == img {
+                blocks.push(ids.len());
+                ids.extend(std::iter::repeat_n(img, n));
+                labels.extend(std::iter::repeat_n(IGNORE, n));
+            } else {
+                ids.push(t);
+                labels.push(if i < prompt_len { IGNORE } else { t as i64 });
+            }
+        }
+        let eos = self.tokenizer.eos_id();
+        ids.push(eos);
+        labels.push(eos as i64);
+        Ok(PatchEncoded { ids, labels, blocks, images: ex.images.clone() })
+    }
+
+    /// Projected patch features `[M, patch_tokens, text hidden]` of `M` images' views
+    /// `[M * 5, 3, S, S]`.
+    pub fn patch_features(&self, pixels: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let m = pixels.dim(0)? / NUM_VIEWS;
+        let g2 = self.config.vision.grid() * self.config.vision.grid();
+        let h = self.vision.hidden_states(&pixels.to_device(&self.device)?, self.feature_layers, ctx)?;
+        let patches = h.narrow(1, 1, g2)?.reshape((m, NUM_VIEWS * g2, ()))?;
+        self.projector.forward(&patches, ctx)
+    }
+
+    /// Right-padded input embeddings `[B, T, H]` (pad `</s>`) with each patch block written over
+    /// its placeholders, and row lengths.
+    fn embeds(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, Vec<usize>)> {
+        if batch.is_empty() {
+            return Err(Error::Input("empty batch".into()));
+        }
+        let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let lens: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
+        let images: Vec<&Tensor> = batch.iter().flat_map(|e| e.images.iter()).collect();
+        let feats = match images.is_empty() {
+            true => None,
+            false => Some(self.patch_features(&Tensor::cat(&images, 0)?, ctx)?),
+        };
+        let n = self.patch_tokens();
+        let (pad, mut img, mut rows) = (self.tokenizer.eos_id(), 0usize, Vec::with_capacity(batch.len()));
+        for e in batch {
+            let mut ids = e.ids.clone();
+            ids.resize(t, pad);
+            let emb = self.decoder.embed(&ids, &self.device)?;
+            let (mut pieces, mut at) = (Vec::new(), 0usize);
+            for &pos in &e.blocks {
+                let f = feats.as_ref().ok_or_else(|| Error::Input("patch blocks without images".into()))?;
+                if pos > at {
+                    pieces.push(emb.narrow(0, at, pos - at)?);
+                }
+                pieces.push(f.get(img)?.to_dtype(emb.dtype())?);
+                img += 1;
+                at = pos + n;
+            }
+            if at < t {
+                pieces.push(emb.narrow(0, at, t - at)?);
+            }
+            rows.push(Tensor::cat(&pieces, 0)?);
+        }
+        Ok((Tensor::stack(&rows, 0)?, lens))
+    }
+
+    /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
+    pub fn loss_sum(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
+        let (embeds, lens) = self.embeds(batch, ctx)?;
+        let t = embeds.dim(1)?;
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for (r, e) in batch.iter().enumerate() {
+            for p in 0..e.labels.len().saturating_sub(1) {
+                let l = e.labels[p + 1];
+                if l != IGNORE {
+                    rows.push((r * t + p) as u32);
+                    targets.push(l as u32);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Err(Error::Input("the batch has no target tokens".into()));
+        }
+        let hidden = self.decoder.forward(&embeds, &lens, ctx)?;
+        let logits = self.decoder.logits_at(&hidden, &rows, ctx)?;
+        let logp = ops::log_softmax_last_dim(&logits)?;
+        let tgt = Tensor::new(targets.as_slice(), &self.device)?.unsqueeze(1)?;
+        Ok((logp.gather(&tgt, 1)?.sum_all()?.neg()?, rows.len()))
+    }
+
+    /// Mean cross-entropy over the batch's target tokens.
+    pub fn loss(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<Tensor> {
+        let (sum, n) = self.loss_sum(batch, ctx)?;
+        Ok((sum / n as f64)?)
+    }
+
+    /// Full-vocabulary f32 logits `[T, vocab]` at every position of one example.
+    pub fn logits(&self, e: &PatchEncoded, ctx: &mut Ctx) -> Result<Tensor> {
+        let (embeds, lens) = self.embeds(std::slice::from_ref(e), ctx)?;
+        let hidden = self.decoder.forward(&embeds, &lens, ctx)?;
+        let rows: Vec<u32> = (0..e.ids.len() as u32).collect();
+        self.decoder.logits_at(&hidden, &rows, ctx)
+    }
+
+    /// Greedy answer (up to `max_new` tokens, stopping at `</s>`) to a stage-0 prompt about
+    /// `images`. No KV cache: each step reruns the sequence (stage-0 prompts are short).
+    pub fn generate(&self, prompt: &str, images: &[Tensor], max_new: usize) -> Result<String> {
+        let tokens = self.tokenizer.encode(prompt)?;
+        self.check_images(&tokens, images)?;
+        let (img, n) = (self.config.image_token_index, self.patch_tokens());
+        let (mut ids, mut blocks) = (Vec::new(), Vec::new());
+        for t in tokens {
+            if t == img {
+                blocks.push(ids.len());
+                ids.extend(std::iter::repeat_n(img, n));
+            } else {
+                ids.push(t);
+            }
+        }
+        let mut e = PatchEncoded { ids, labels: Vec::new(), blocks, images: images.to_vec() };
+        let mut out = Vec::new();
+        let mut ctx = Ctx::eval();
+        for _ in 0..max_new {
+            let (embeds, lens) = self.embeds(std::slice::from_ref(&e), &mut ctx)?;
+            let hidden = self.decoder.forward(&embeds, &lens, &mut ctx)?;
+            let logits = self.decoder.logits_at(&hidden, &[e.ids.len() as u32 - 1], &mut ctx)?;
+            let next = lavic_model::model::argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
+            if next == self.tokenizer.eos_id() {
+                break;
+            }
+            out.push(next);
+            e.ids.push(next);
+        }
+        Ok(self.tokenizer.decode(&out, true)?)
+    }
+
+    /// Logits `[T, vocab]` of a LaViC prompt (`<ItemImageEmb1..5>` blocks) over `views` (one
+    /// `[5, 3, S, S]` per block), through LaViC's path: each image's 5 CLS tokens of the final
+    /// vision layer, projected. What lavic-model computes for the same weights.
+    pub fn lavic_logits(&self, prompt: &str, views: &[Tensor]) -> Result<Tensor> {
+        let tp = self.tokenizer.tokenize_prompt(prompt)?;
+        if tp.image_slots.len() != views.len() {
+            return Err(Error::Input(format!(
+                "prompt has {} image blocks but {} images were given",
+                tp.image_slots.len(),
+                views.len()
+            )));
+        }
+        let mut ctx = Ctx::eval();
+        let emb = self.decoder.embed(&tp.ids, &self.device)?;
+        let (mut pieces, mut at) = (Vec::new(), 0usize);
+        for (slot, v) in tp.image_slots.iter().zip(views) {
+            let cls = self.vision.cls(&v.to_device(&self.device)?, &mut ctx)?;
+            let tokens = self.projector.forward(&cls, &mut ctx)?;
+            for (k, &pos) in slot.iter().enumerate() {
+                if pos > at {
+                    pieces.push(emb.narrow(0, at, pos - at)?);
+                }
+                pieces.push(tokens.narrow(0, k, 1)?);
+                at = pos + 1;
+            }
+        }
+        if at < tp.ids.len() {
+            pieces.push(emb.narrow(0, at, tp.ids.len() - at)?);
+        }
+        let embeds = Tensor::cat(&pieces, 0)?.unsqueeze(0)?;
+        let hidden = self.decoder.forward(&embeds, &[tp.ids.len()], &mut ctx)?;
+        let rows: Vec<u32> = (0..tp.ids.len() as u32).collect();
+        self.decoder.logits_at(&hidden, &rows, &mut ctx)
+    }
+
+    /// Text-side pieces for reference computations in tests: token embeddings of `ids` and the
+    /// decoder's logits `[T, vocab]` of one unpadded row of input embeddings `[T, H]`.
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        self.decoder.embed(ids, &self.device)
+    }
+
+    /// Logits `[T, vocab]` of one row of input embeddings `[T, H]`.
+    pub fn logits_of_embeds(&self, embeds: &Tensor) -> Result<Tensor> {
+        let t = embeds.dim(0)?;
+        let mut ctx = Ctx::eval();
+        let hidden = self.decoder.forward(&embeds.unsqueeze(0)?, &[t], &mut ctx)?;
+        let rows: Vec<u32> = (0..t as u32).collect();
+        self.decoder.logits_at(&hidden, &rows, &mut ctx)
+    }
+
+    /// transformers' vision `hidden_states[layers]` of views `[N, 3, S, S]` (for checks).
+    pub fn vision_hidden_states(&self, pixels: &Tensor, layers: usize) -> Result<Tensor> {
+        self.vision.hidden_states(pixels, layers, &mut Ctx::eval())
+    }
+
+    /// The `hidden_states` index stage 0 takes patch features from.
+    pub fn feature_layer_index(&self) -> usize {
+        self.feature_layers
+    }
+}
+
+impl Objective for FullModel {
+    type Item = PatchEncoded;
+    fn params(&self) -> &Params {
+        &self.params
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn loss_sum(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
+        FullModel::loss_sum(self, batch, ctx)
+    }
+    fn target_tokens(item: &PatchEncoded) -> usize {
+        item.target_tokens()
+    }
+}
