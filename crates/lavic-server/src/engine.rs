@@ -178,7 +178,7 @@ impl Engine {
             tokenizer: opts.tokenizer.clone().unwrap_or_else(|| opts.model_dir.join("tokenizer.json")).display().to_string(),
             vision_adapter: path(&opts.vision_adapter),
             lm_adapter: path(&opts.lm_adapter),
-            dtype: dtype_name(model.encoder.dtype()).into(),
+            dtype: dtype_name(model.encoder.dtype()),
             device: config.device.clone(),
             encoder_fingerprint: model.encoder.fingerprint().to_string(),
             catalog_dir: store.describe(),
