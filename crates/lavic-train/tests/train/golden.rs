@@ -6,11 +6,9 @@
 //! absolute (f32 on the same inputs; what remains is summation order), weights after AdamW steps
 //! within 1e-6 absolute.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use lavic_model::prompt::{distillation_prompt, recommendation_prompt};
 use lavic_model::PromptCandidate;
 use lavic_train::linear::Ctx;

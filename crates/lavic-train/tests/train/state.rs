@@ -2,9 +2,7 @@
 //! loader) and give the training model's logits; a run stopped after 3 steps and resumed from
 //! its saved state ends bit-identical to an uninterrupted 6-step run; PEFT's initialisation.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_model::prompt::{distillation_prompt, recommendation_prompt};
 use lavic_model::{LavicModel, LoadOptions, PromptCandidate, Tensor};
 use lavic_train::linear::Ctx;

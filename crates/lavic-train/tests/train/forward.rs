@@ -5,9 +5,7 @@
 //! Tolerance: both sides are f32 on the same inputs; merging W + sBA first versus adding
 //! s(xA^T)B^T later changes summation order only (observed differences are ~1e-6).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_model::prompt::{recommendation_prompt, distillation_prompt};
 use lavic_model::{LavicModel, LoadOptions, PromptCandidate, Tensor};
 use lavic_train::linear::Ctx;

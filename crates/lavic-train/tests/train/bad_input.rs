@@ -1,9 +1,7 @@
 //! Bad inputs give errors that name what is wrong, never panics; bf16 frozen weights keep f32
 //! LoRA weights and gradients.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lavic_model::prompt::distillation_prompt;
 use lavic_train::linear::Ctx;
 use lavic_train::model::{Example, TrainModel};

@@ -3,11 +3,9 @@
 //! (LM LoRA with lm_head), with dropout 0 and 0.1 under the same seed; several AdamW steps give
 //! the same weights; each checkpointed layer runs exactly twice and keeps no graph on its input.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use lavic_model::prompt::{distillation_prompt, recommendation_prompt};
 use lavic_model::{PromptCandidate, Tensor};
 use lavic_train::linear::Ctx;
