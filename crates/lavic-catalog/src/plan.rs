@@ -53,14 +53,33 @@ enum Plan {
     Encode(usize),
 }
 
+/// An item that passed the item rules: the item, its image hash and its metadata text to store.
+type Accepted<'a> = (&'a NewItem, [u8; 32], String);
+/// Where each accepted item's features come from (by index), and the views of the distinct
+/// images to encode (what [`Plan::Encode`] indexes).
+type Plans = (Vec<(usize, Plan)>, Vec<Vec<f32>>);
+
 /// Plans and encodes an upsert of `items`: returns the items to write (in input order, changed
 /// ones only) and the report (unchanged, reused, encoded, failed, missing images).
 pub(crate) fn plan_upsert(items: &[NewItem], encoder: &ImageEncoder, input: &PlanInput<'_>) -> Result<(Vec<StoredItem>, UpsertReport)> {
     let mut report = UpsertReport::default();
+    // 1. The item rules, then per item: unchanged, reuse, encode, or failed.
+    let accepted = accept(items, &mut report);
+    let (plans, batch) = plan(&accepted, encoder, input, &mut report)?;
+    // 2. One vision pass per batch of 16 images.
+    let mut encoded: Vec<std::result::Result<Vec<u8>, String>> = Vec::with_capacity(batch.len());
+    for chunk in batch.chunks(16) {
+        encoded.extend(encode_views(encoder, chunk, input.form)?);
+    }
+    // 3. The items to write.
+    let out = assemble(&accepted, plans, &encoded, &mut report);
+    Ok((out, report))
+}
 
-    // 1. Decide per item: unchanged, reuse, encode, or failed.
+/// The items that follow the item rules, each id once; the others go to `report.failed`.
+fn accept<'a>(items: &'a [NewItem], report: &mut UpsertReport) -> Vec<Accepted<'a>> {
     let mut seen = HashSet::new();
-    let mut accepted: Vec<(&NewItem, [u8; 32], String)> = Vec::new();
+    let mut accepted = Vec::new();
     for it in items {
         match check_item(&it.id, &it.title, &it.metadata) {
             Err(reason) => report.failed.push((it.id.clone(), reason)),
@@ -71,6 +90,17 @@ pub(crate) fn plan_upsert(items: &[NewItem], encoder: &ImageEncoder, input: &Pla
             }
         }
     }
+    accepted
+}
+
+/// Decides per accepted item (by index) where its features come from, decoding the images that
+/// changed in parallel; returns the plans and the views of the distinct images to encode.
+fn plan(
+    accepted: &[Accepted<'_>],
+    encoder: &ImageEncoder,
+    input: &PlanInput<'_>,
+    report: &mut UpsertReport,
+) -> Result<Plans> {
     let currents: Vec<Option<Current>> = accepted.iter().map(|(it, _, _)| (input.current)(&it.id)).collect();
     let needs_decode: Vec<usize> = (0..accepted.len())
         .filter(|&k| accepted[k].0.image.is_some() && currents[k].as_ref().is_none_or(|c| c.sha != accepted[k].1))
@@ -98,7 +128,7 @@ pub(crate) fn plan_upsert(items: &[NewItem], encoder: &ImageEncoder, input: &Pla
             continue;
         }
         if it.image.is_none() {
-            plans.push((k, Plan::Features(white_features(encoder, input, &mut report)?)));
+            plans.push((k, Plan::Features(white_features(encoder, input, report)?)));
             continue;
         }
         match prepared.remove(&k) {
@@ -120,14 +150,17 @@ pub(crate) fn plan_upsert(items: &[NewItem], encoder: &ImageEncoder, input: &Pla
             }
         }
     }
+    Ok((plans, batch))
+}
 
-    // 2. One vision pass per batch of 16 images.
-    let mut encoded: Vec<std::result::Result<Vec<u8>, String>> = Vec::with_capacity(batch.len());
-    for chunk in batch.chunks(16) {
-        encoded.extend(encode_views(encoder, chunk, input.form)?);
-    }
-
-    // 3. The items to write.
+/// The items to write, in input order: an item whose image failed to encode goes to
+/// `report.failed` instead.
+fn assemble(
+    accepted: &[Accepted<'_>],
+    plans: Vec<(usize, Plan)>,
+    encoded: &[std::result::Result<Vec<u8>, String>],
+    report: &mut UpsertReport,
+) -> Vec<StoredItem> {
     let mut out = Vec::with_capacity(plans.len());
     for (k, plan) in plans {
         let (it, sha, meta) = &accepted[k];
@@ -150,7 +183,7 @@ pub(crate) fn plan_upsert(items: &[NewItem], encoder: &ImageEncoder, input: &Pla
             features,
         });
     }
-    Ok((out, report))
+    out
 }
 
 /// Stored features of the white image (encoded once per open catalog). Counts the item as
