@@ -22,7 +22,7 @@ use candle_core::{Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::linear::{Ctx, Params};
-use crate::model::{Encoded, TrainModel};
+use crate::model::{head_loss, target_rows, Encoded, TrainModel};
 use crate::rng::Rng;
 use crate::vision::VisionTower;
 
@@ -158,8 +158,8 @@ impl TrainModel {
         let saved_inputs = untracked(&dec_saved)? + vis.as_ref().map(|(_, s)| untracked(s)).transpose()?.unwrap_or(0);
         // Head: final norm, lm_head, loss.
         let hidden = Var::from_tensor(&hidden)?;
-        let (rows, targets) = Self::target_rows(batch, embeds.dim(1)?)?;
-        let loss = (self.head_loss(hidden.as_tensor(), &rows, &targets, ctx)? / divisor)?;
+        let (rows, targets) = target_rows(batch.iter().map(|e| e.labels.as_slice()), embeds.dim(1)?)?;
+        let loss = (head_loss(&self.decoder, hidden.as_tensor(), &rows, &targets, ctx)? / divisor)?;
         let mut acc = HashMap::new();
         let grads = loss.backward()?;
         accumulate(params, &grads, &mut acc)?;

@@ -29,8 +29,7 @@ use lavic_model::LavicTokenizer;
 use crate::decoder::Decoder;
 use crate::error::{Error, Result};
 use crate::linear::{Builder, Ctx, Params};
-use crate::model::IGNORE;
-use crate::ops;
+use crate::model::{head_loss, target_rows, IGNORE};
 use crate::rng::Rng;
 use crate::spec::{LoraSpec, Targets};
 use crate::trainer::Objective;
@@ -289,25 +288,9 @@ impl FullModel {
     /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
     pub fn loss_sum(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
         let (embeds, lens) = self.embeds(batch, ctx)?;
-        let t = embeds.dim(1)?;
-        let (mut rows, mut targets) = (Vec::new(), Vec::new());
-        for (r, e) in batch.iter().enumerate() {
-            for p in 0..e.labels.len().saturating_sub(1) {
-                let l = e.labels[p + 1];
-                if l != IGNORE {
-                    rows.push((r * t + p) as u32);
-                    targets.push(l as u32);
-                }
-            }
-        }
-        if rows.is_empty() {
-            return Err(Error::Input("the batch has no target tokens".into()));
-        }
+        let (rows, targets) = target_rows(batch.iter().map(|e| e.labels.as_slice()), embeds.dim(1)?)?;
         let hidden = self.decoder.forward(&embeds, &lens, ctx)?;
-        let logits = self.decoder.logits_at(&hidden, &rows, ctx)?;
-        let logp = ops::log_softmax_last_dim(&logits)?;
-        let tgt = Tensor::new(targets.as_slice(), &self.device)?.unsqueeze(1)?;
-        Ok((logp.gather(&tgt, 1)?.sum_all()?.neg()?, rows.len()))
+        Ok((head_loss(&self.decoder, &hidden, &rows, &targets, ctx)?, rows.len()))
     }
 
     /// Mean cross-entropy over the batch's target tokens.

@@ -318,40 +318,12 @@ impl TrainModel {
         Ok((Tensor::stack(&rows, 0)?, lens))
     }
 
-    /// Flat indices (into `B * T`) of the positions that predict a target token, and those
-    /// tokens. Fails when the batch supervises nothing.
-    pub(crate) fn target_rows(batch: &[Encoded], t: usize) -> Result<(Vec<u32>, Vec<u32>)> {
-        let (mut rows, mut targets) = (Vec::new(), Vec::new());
-        for (r, e) in batch.iter().enumerate() {
-            for p in 0..e.labels.len().saturating_sub(1) {
-                let l = e.labels[p + 1];
-                if l != IGNORE {
-                    rows.push((r * t + p) as u32);
-                    targets.push(l as u32);
-                }
-            }
-        }
-        if rows.is_empty() {
-            return Err(Error::Input("the batch has no target tokens".into()));
-        }
-        Ok((rows, targets))
-    }
-
-    /// Summed negative log-likelihood (f32 scalar) of `targets` from the last hidden states
-    /// `[B, T, H]` at flat positions `rows`.
-    pub(crate) fn head_loss(&self, hidden: &Tensor, rows: &[u32], targets: &[u32], ctx: &mut Ctx) -> Result<Tensor> {
-        let logits = self.decoder.logits_at(hidden, rows, ctx)?;
-        let logp = ops::log_softmax_last_dim(&logits)?;
-        let tgt = Tensor::new(targets, &self.device)?.unsqueeze(1)?;
-        Ok(logp.gather(&tgt, 1)?.sum_all()?.neg()?)
-    }
-
     /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
     pub fn loss_sum(&self, batch: &[Encoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
         let (embeds, lens) = self.embeds(batch, ctx)?;
-        let (rows, targets) = Self::target_rows(batch, embeds.dim(1)?)?;
+        let (rows, targets) = target_rows(batch.iter().map(|e| e.labels.as_slice()), embeds.dim(1)?)?;
         let hidden = self.decoder.forward(&embeds, &lens, ctx)?;
-        Ok((self.head_loss(&hidden, &rows, &targets, ctx)?, rows.len()))
+        Ok((head_loss(&self.decoder, &hidden, &rows, &targets, ctx)?, rows.len()))
     }
 
     /// Mean cross-entropy over the batch's target tokens (what transformers reports as `loss`).
@@ -368,4 +340,33 @@ impl TrainModel {
         let rows: Vec<u32> = (0..e.ids.len() as u32).collect();
         self.decoder.logits_at(&hidden, &rows, ctx)
     }
+}
+
+/// Flat indices (into `B * T`) of the positions that predict a target token, and those tokens,
+/// from each row's labels (shifted: position `p` predicts label `p + 1`). Fails when the batch
+/// supervises nothing.
+pub(crate) fn target_rows<'a>(labels: impl Iterator<Item = &'a [i64]>, t: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    for (r, labels) in labels.enumerate() {
+        for p in 0..labels.len().saturating_sub(1) {
+            let l = labels[p + 1];
+            if l != IGNORE {
+                rows.push((r * t + p) as u32);
+                targets.push(l as u32);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Err(Error::Input("the batch has no target tokens".into()));
+    }
+    Ok((rows, targets))
+}
+
+/// Summed negative log-likelihood (f32 scalar) of `targets` from the last hidden states
+/// `[B, T, H]` at flat positions `rows`: the final norm and lm_head run at those rows only.
+pub(crate) fn head_loss(decoder: &Decoder, hidden: &Tensor, rows: &[u32], targets: &[u32], ctx: &mut Ctx) -> Result<Tensor> {
+    let logits = decoder.logits_at(hidden, rows, ctx)?;
+    let logp = ops::log_softmax_last_dim(&logits)?;
+    let tgt = Tensor::new(targets, hidden.device())?.unsqueeze(1)?;
+    Ok(logp.gather(&tgt, 1)?.sum_all()?.neg()?)
 }
