@@ -8,7 +8,7 @@
 //! cargo run --release -p lavic-train --example train_base -- \
 //!     --world demo/world --base demo/base0 --out demo/base --steps 600 [--splits train,valid,test]
 //!     [--tasks describe,main] [--limit N] [--batch 8] [--lr 1e-3] [--warmup 30] [--seed 42]
-//!     [--dtype f16] [--state DIR] [--save-every 100] [--eval 64] [--answers 7] [--log FILE]
+//!     [--pool 2] [--dtype f16] [--state DIR] [--save-every 100] [--eval 64] [--answers 7] [--log FILE]
 //! ```
 //!
 //! Prints one line per step (step, loss, grad norm, lr, seconds), a held-out loss (the last
@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| p.clone())?),
         None => Box::new(std::io::sink()),
     };
-    let model = FullModel::load(&base, None, &Device::Cpu)?;
+    let model = FullModel::load(&base, None, &Device::Cpu)?.with_pool(num(&a, "pool", 1)?)?;
     let filter = Stage0Filter {
         splits: list(&a, "splits"),
         tasks: list(&a, "tasks"),

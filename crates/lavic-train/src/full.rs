@@ -88,6 +88,8 @@ pub struct FullModel {
     params: Params,
     device: Device,
     feature_layers: usize,
+    /// Side of the average-pooling window over each view's patch grid (1: every patch).
+    pool: usize,
     pub(crate) ckpt: Arc<Checkpoint>,
     pub(crate) model_dir: PathBuf,
     pub(crate) tokenizer_path: PathBuf,
@@ -167,6 +169,7 @@ impl FullModel {
             params,
             device: device.clone(),
             feature_layers,
+            pool: 1,
             ckpt,
             model_dir: dir,
             tokenizer_path,
@@ -188,9 +191,28 @@ impl FullModel {
         &self.device
     }
 
-    /// Positions one image takes in a stage-0 prompt: 5 views x `grid^2` patches.
+    /// Positions one image takes in a stage-0 prompt: 5 views x `(grid / pool)^2` patches.
     pub fn patch_tokens(&self) -> usize {
-        NUM_VIEWS * self.config.vision.grid() * self.config.vision.grid()
+        let side = self.config.vision.grid() / self.pool;
+        NUM_VIEWS * side * side
+    }
+
+    /// Average-pools each view's patch features over `pool x pool` windows (LLaVA-NeXT-Video /
+    /// OneVision style spatial pooling): `pool` 2 gives a quarter of the positions, so stage 0
+    /// runs ~3x faster while the model still sees 16 tokens per view instead of LaViC's 1.
+    /// `pool` must divide the patch grid.
+    pub fn with_pool(mut self, pool: usize) -> Result<Self> {
+        let g = self.config.vision.grid();
+        if pool == 0 || g % pool != 0 {
+            return Err(Error::Input(format!("pool {pool} does not divide the {g}x{g} patch grid")));
+        }
+        self.pool = pool;
+        Ok(self)
+    }
+
+    /// The pooling window side (1: none).
+    pub fn pool(&self) -> usize {
+        self.pool
     }
 
     /// Checks the image count against the prompt's image tokens and each image's shape.
@@ -244,7 +266,13 @@ impl FullModel {
         let m = pixels.dim(0)? / NUM_VIEWS;
         let g2 = self.config.vision.grid() * self.config.vision.grid();
         let h = self.vision.hidden_states(&pixels.to_device(&self.device)?, self.feature_layers, ctx)?;
-        let patches = h.narrow(1, 1, g2)?.reshape((m, NUM_VIEWS * g2, ()))?;
+        let mut patches = h.narrow(1, 1, g2)?.contiguous()?;
+        if self.pool > 1 {
+            let (g, p, d) = (self.config.vision.grid(), self.pool, patches.dim(2)?);
+            // row-major (row, col) = (R * p + i, C * p + j): mean over j, then over i
+            patches = patches.reshape((m * NUM_VIEWS, g / p, p, g / p, p, d))?.mean(4)?.mean(2)?;
+        }
+        let patches = patches.reshape((m, self.patch_tokens(), ()))?;
         self.projector.forward(&patches, ctx)
     }
 

@@ -186,6 +186,46 @@ fn patch_slot_forward_equals_a_reference_from_inference_code_and_plain_loops() {
 }
 
 #[test]
+fn pooled_patch_features_are_window_means_of_the_full_ones_projected() {
+    let s = sliver();
+    let full = FullModel::load(&s.base, None, &Device::Cpu).unwrap();
+    let g = full.config().vision.grid();
+    let refused = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(3).err().expect("pool 3 of a 4x4 grid");
+    assert!(refused.to_string().contains("does not divide"), "{refused}");
+    let pooled = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap();
+    assert_eq!(pooled.patch_tokens() * 4, full.patch_tokens());
+    let inf = inference(&s.base);
+    let e = &encoded(&pooled, &s.world, 1)[0];
+    let views = &e.images[0];
+    assert_eq!(e.ids.iter().filter(|&&t| t == pooled.config().image_token_index).count(), pooled.patch_tokens());
+    // Plain loops: each view's g x g patches (row-major, CLS dropped) averaged over 2 x 2 windows.
+    let hs = pooled.vision_hidden_states(views, pooled.feature_layer_index()).unwrap().to_vec3::<f32>().unwrap();
+    let d = hs[0][0].len();
+    let mut rows = Vec::new();
+    for view in &hs {
+        for r in (0..g).step_by(2) {
+            for c in (0..g).step_by(2) {
+                for k in 0..d {
+                    let cell = |rr: usize, cc: usize| view[1 + rr * g + cc][k];
+                    rows.push((cell(r, c) + cell(r, c + 1) + cell(r + 1, c) + cell(r + 1, c + 1)) / 4.0);
+                }
+            }
+        }
+    }
+    let n = pooled.patch_tokens();
+    let want = inf.encoder.project(&Tensor::from_vec(rows, (n, d), &Device::Cpu).unwrap()).unwrap();
+    let got = pooled.patch_features(views, &mut Ctx::eval()).unwrap().squeeze(0).unwrap();
+    assert!(max_abs(&got, &want) < 1e-5);
+    // Training through the pooled slot reaches the vision tower.
+    let batch = encoded(&pooled, &s.world, 2);
+    let loss = pooled.loss(&batch, &mut Ctx::eval()).unwrap();
+    let grads = loss.backward().unwrap();
+    let patch = &pooled.params().vars["vision_tower.vision_model.embeddings.patch_embedding.weight"];
+    let gnorm = grads.get(patch.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(gnorm > 0.0, "no gradient reaches the patch embedding through the pooled slot");
+}
+
+#[test]
 fn a_short_stage0_run_lowers_the_loss_and_saves_a_checkpoint_lavic_model_loads() {
     let s = sliver();
     let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap();
