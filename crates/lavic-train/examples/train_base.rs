@@ -8,7 +8,7 @@
 //! cargo run --release -p lavic-train --example train_base -- \
 //!     --world demo/world --base demo/base0 --out demo/base --steps 600 [--splits train,valid,test]
 //!     [--tasks describe,main] [--limit N] [--batch 8] [--lr 1e-3] [--warmup 30] [--seed 42]
-//!     [--pool 2] [--dtype f16] [--state DIR] [--save-every 100] [--eval 64] [--answers 7] [--log FILE]
+//!     [--pool 2] [--dialogue true] [--dtype f16] [--state DIR] [--save-every 100] [--eval 64] [--answers 7] [--log FILE]
 //! ```
 //!
 //! Prints one line per step (step, loss, grad norm, lr, seconds), a held-out loss (the last
@@ -27,7 +27,7 @@ use lavic_train::save::save_full;
 use lavic_train::full::{stage0_prompt, FullModel, PatchEncoded, PatchExample};
 use lavic_train::linear::Ctx;
 use lavic_train::optim::{AdamWConfig, Schedule};
-use lavic_train::stage0::{examples, read_lines, Stage0Filter, Stage0Line};
+use lavic_train::stage0::{dialogue_examples, examples, read_lines, Stage0Filter, Stage0Line};
 use lavic_train::trainer::{TrainConfig, Trainer};
 
 fn args() -> anyhow::Result<HashMap<String, String>> {
@@ -103,12 +103,19 @@ fn main() -> anyhow::Result<()> {
         bail!("{} stage-0 lines selected, need more than --eval {eval_n}", lines.len());
     }
     let t0 = Instant::now();
-    let all = examples(&world, &lines, &model.anyres)?;
-    let enc = all.iter().map(|e| model.encode(e)).collect::<Result<Vec<_>, _>>()?;
-    let (train, held) = enc.split_at(enc.len() - eval_n);
+    let dialogue = a.get("dialogue").is_some_and(|v| v == "true" || v == "1");
+    let (train_lines, held_lines) = lines.split_at(lines.len() - eval_n);
+    let train_ex =
+        if dialogue { dialogue_examples(&world, train_lines, &model.anyres)? } else { examples(&world, train_lines, &model.anyres)? };
+    let held_ex = examples(&world, held_lines, &model.anyres)?;
+    let train = train_ex.iter().map(|e| model.encode(e)).collect::<Result<Vec<_>, _>>()?;
+    let held = held_ex.iter().map(|e| model.encode(e)).collect::<Result<Vec<_>, _>>()?;
+    let (train, held) = (&train[..], &held[..]);
     println!(
-        "{} train / {} held-out samples, {} trainable parameters, {} patch tokens per image, encoded in {:.1}s",
+        "{} train samples ({} lines{}) / {} held-out samples, {} trainable parameters, {} patch tokens per image, encoded in {:.1}s",
         train.len(),
+        train_lines.len(),
+        if dialogue { ", dialogues" } else { "" },
         held.len(),
         model.params().numel(),
         model.patch_tokens(),
@@ -149,7 +156,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("held-out loss after: {:.4} ({} steps, {:.1}s)", mean_loss(&model, held)?, steps, t0.elapsed().as_secs_f64());
-    answers(&model, &lines[lines.len() - eval_n..], &all[all.len() - eval_n..], num(&a, "answers", 7)?)?;
+    answers(&model, held_lines, &held_ex, num(&a, "answers", 7)?)?;
     let saved = save_full(&model, &out, dtype)?;
     println!("saved {} ({} tensors, {} trained, {} bytes)", out.display(), saved.tensors, saved.trained, saved.bytes);
     Ok(())
