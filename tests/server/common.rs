@@ -299,15 +299,24 @@ pub struct LavicProcess {
 impl LavicProcess {
     /// Starts `lavic serve` with `args` (after the loopback addresses) and waits until SERVING.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_demo(Some("fixture"), args, env).await
+    }
+
+    /// As [`LavicProcess::start`] with `LAVIC_DEMO` set to `demo` (`None`: unset, so the default
+    /// world demo is served).
+    pub async fn start_demo(demo: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         // `option_env!`: lavic-bench's test includes this file and has no `lavic` binary of its own.
         let Some(exe) = option_env!("CARGO_BIN_EXE_lavic") else { panic!("LavicProcess needs the lavic binary (the server tests build it)") };
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]).args(args);
-        for k in ["LAVIC_MODEL_DIR", "LAVIC_CATALOG_DIR", "LAVIC_CONFIG", "LAVIC_CATALOG_TOKEN", "LAVIC_LOG_FORMAT", "LAVIC_DEMO_DIR"] {
+        for k in ["LAVIC_MODEL_DIR", "LAVIC_CATALOG_DIR", "LAVIC_CONFIG", "LAVIC_CATALOG_TOKEN", "LAVIC_LOG_FORMAT", "LAVIC_DEMO", "LAVIC_DEMO_DIR"] {
             cmd.env_remove(k);
         }
-        cmd.env("LAVIC_DEMO", "fixture").envs(env.iter().copied());
+        if let Some(demo) = demo {
+            cmd.env("LAVIC_DEMO", demo);
+        }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel::<String>();
