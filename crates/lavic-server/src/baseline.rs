@@ -123,13 +123,7 @@ pub struct BaselineInfo {
 }
 
 /// Answers every conversation with `baseline`, writing one record per line to `out`.
-pub fn run(
-    args: &EvalArgs,
-    baseline: Baseline,
-    seed: u64,
-    convs: &[Conversation],
-    out: &mut impl Write,
-) -> anyhow::Result<(Vec<Record>, RunInfo)> {
+pub fn run(args: &EvalArgs, baseline: Baseline, seed: u64, convs: &[Conversation], out: &mut impl Write) -> anyhow::Result<(Vec<Record>, RunInfo)> {
     if baseline == Baseline::TitleSimilarity && args.items.is_none() {
         anyhow::bail!("--baseline title-similarity needs --items (the candidates' titles)");
     }

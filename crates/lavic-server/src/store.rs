@@ -18,7 +18,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use lavic_catalog::{
-    BuildOptions, Catalog, CatalogBackend, CatalogItem, InputFormat, ItemInfo, NewItem, ProgressMode, RedisConfig, RedisStore, StoreForm, UpsertReport,
+    BuildOptions, Catalog, CatalogBackend, CatalogItem, InputFormat, ItemInfo, NewItem, ProgressMode, RedisConfig, RedisStore, StoreForm,
+    UpsertReport,
 };
 use lavic_model::ImageEncoder;
 use prometheus_client::metrics::gauge::Gauge;
