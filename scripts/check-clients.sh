@@ -120,7 +120,7 @@ with grpc.insecure_channel(addr) as channel:
     r2 = stub.Recommend(req, timeout=30, compression=grpc.Compression.Gzip)
     assert r2.item_id == r.item_id, (r, r2)
     info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10)
-    assert info.catalog_items == 5 and info.demo, info
+    assert info.catalog_items == 5 and info.demo and info.demo_kind == "fixture", info
     try:
         stub.Recommend(pb.RecommendRequest(context="hi", candidate_ids=["DEMO000001"]), timeout=10)
         raise SystemExit("expected INVALID_ARGUMENT")
