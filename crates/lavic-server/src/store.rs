@@ -1,7 +1,7 @@
 //! The catalog as the server uses it: a [`lavic_catalog::CatalogBackend`] (the memory-mapped
 //! catalog folder, or the fleet-wide Redis store) with errors mapped to ours, plus the embedded
-//! demos' catalogs built at start-up (the fixture images, or every item of the demo world). The store is the one writer of
-//! `lavic_catalog_items`: it sets it when opened and after each write.
+//! demos' catalogs built at start-up (the fixture images, or every item of the demo world). The
+//! store is the one writer of `lavic_catalog_items`: it sets it when opened and after each write.
 //!
 //! Writes are acknowledged only when they are durable: a catalog folder the process cannot write
 //! (the read-only volume of a Kubernetes manifest) refuses them with FAILED_PRECONDITION, unless
