@@ -784,6 +784,22 @@ mod tests {
     }
 
     #[test]
+    fn the_world_demo_is_the_default_and_the_fixture_demo_a_choice() {
+        let c = Config::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!((c.demo, c.demo_dir.as_deref(), c.is_demo()), (DemoKind::World, None, true));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lavic.toml");
+        std::fs::write(&path, "demo = \"fixture\"\ndemo_dir = \"/srv/demo\"\n").unwrap();
+        let c = Config::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap();
+        assert_eq!((c.demo, c.demo_dir.as_deref()), (DemoKind::Fixture, Some(Path::new("/srv/demo"))));
+        let c = Config::resolve(&ServeArgs { config: Some(path.clone()), demo: Some(DemoKind::World), ..Default::default() }).unwrap();
+        assert_eq!(c.demo, DemoKind::World, "the flag beats the file");
+        std::fs::write(&path, "demo = \"tiny\"\n").unwrap();
+        let err = Config::resolve(&ServeArgs { config: Some(path), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("tiny"), "{err}");
+    }
+
+    #[test]
     fn the_token_is_not_printed() {
         let c = Config { catalog_token: Some(Secret("hunter2".into())), ..Default::default() };
         assert!(!format!("{c:?}").contains("hunter2"));

@@ -1,8 +1,8 @@
-//! The model side of the server: loading (model, adapters, catalog, or an embedded demo of
-//! `demo` with its catalog built at start-up) and the work a
-//! model worker does on one batch: resolve every candidate to its 5 image tokens (catalog, inline
-//! image or the reference's white-image fallback), then one `recommend_batch` call, which builds
-//! each prompt once under the budget and overlong policy given in its options. Model errors come
+//! The model side of the server: loading (model, adapters and catalog, or an embedded demo of
+//! [`crate::demo`] with its catalog built at start-up) and the work a model worker does on one
+//! batch: resolve every candidate to its 5 image tokens (catalog, inline image or the reference's
+//! white-image fallback), then one `recommend_batch` call, which builds each prompt once under
+//! the budget and overlong policy given in its options. Model errors come
 //! back typed and are mapped by variant ([`Error::from_model`]). Runs only on worker threads,
 //! never on the async runtime.
 
