@@ -1,5 +1,6 @@
-//! Issue 15: `lavic serve` with no configuration serves the world demo: the demo model with both
-//! adapters, and a catalog of every item of the demo world built at start-up. The demo is the
+//! Issue 15: `lavic serve` with no configuration (only its listen addresses: free loopback ports)
+//! serves the world demo: the demo model with both adapters, and a catalog of every item of the
+//! demo world built at start-up. The demo is the
 //! repository's `demo/` when it is there; otherwise a stand-in with the same layout is built here
 //! from a small world (`lavic demo-world --base`, then one step each of `lavic train distill`
 //! and `lavic train recommend`) and named with `LAVIC_DEMO_DIR`.

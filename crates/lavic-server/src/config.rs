@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+pub use crate::demo::DemoKind;
 use crate::error::{Error, Result};
 
 /// Environment variables `lavic serve` reads (anything else starting with `LAVIC_` is warned about).
@@ -69,29 +70,6 @@ pub const KNOWN_ENV: &[&str] = &[
     "LAVIC_HANDSHAKE_TIMEOUT_SECS",
     "LAVIC_MAX_CONCURRENT_STREAMS",
 ];
-
-/// Which embedded demo `lavic serve` runs when no model folder is configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DemoKind {
-    /// The trained demo of issue 15 (`demo/`: model, both adapters, and a catalog of every item of
-    /// the demo world, built at start-up).
-    #[default]
-    World,
-    /// The tiny random fixture model of `tests/fixtures` and the five items `DEMO000001`..`DEMO000005`
-    /// (meaningless answers, every code path real; fast to start, what the tests use).
-    Fixture,
-}
-
-impl DemoKind {
-    /// `world` or `fixture`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DemoKind::World => "world",
-            DemoKind::Fixture => "fixture",
-        }
-    }
-}
 
 /// Freshness of a replica's cached catalog items when the catalog is in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]

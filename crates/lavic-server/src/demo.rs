@@ -14,8 +14,34 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::DemoKind;
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
+
+/// Which embedded demo `lavic serve` runs when no model folder is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoKind {
+    /// The trained demo of issue 15 (`demo/`: model, both adapters, and a catalog of every item of
+    /// the demo world, built at start-up).
+    #[default]
+    World,
+    /// The tiny random fixture model of `tests/fixtures` and the five items
+    /// `DEMO000001`..`DEMO000005` (meaningless answers, every code path real; fast to start,
+    /// what the tests use).
+    Fixture,
+}
+
+impl DemoKind {
+    /// `world` or `fixture`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DemoKind::World => "world",
+            DemoKind::Fixture => "fixture",
+        }
+    }
+}
 
 /// Where the demo catalog's items come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
