@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test of `lavic serve` on loopback with lavic-bench (ghz-compatible): builds both binaries
-# (release), starts the server (the embedded demo unless LAVIC_MODEL_DIR etc. are set; any
-# LAVIC_* variable is passed on), runs each scenario of benches/scenarios/ at concurrency
+# (release), starts the server (the fixture demo, whose ids DEMO000001.. the scenarios use,
+# unless LAVIC_MODEL_DIR or LAVIC_DEMO etc. are set; any LAVIC_* variable is passed on), runs each scenario of benches/scenarios/ at concurrency
 # 1, 4, 16 and 64 with a bounded request count (and a 120 s cap per run), keeps every ghz JSON
 # report and prints a table. Usage, from the repository root:
 #
@@ -25,6 +25,7 @@ BENCH=target/release/lavic-bench
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ADDR=127.0.0.1:$PORT
+export LAVIC_DEMO=${LAVIC_DEMO:-fixture}
 "$LAVIC" serve --grpc-addr "$ADDR" --metrics-addr 127.0.0.1:0 --log warn > "$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT

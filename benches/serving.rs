@@ -3,8 +3,8 @@
 //! over gRPC on loopback through the real server (HTTP/2, tonic, the tower stack, admission,
 //! queue, worker thread, response). (b) - (a) is what serving adds. The request is the first of
 //! `benches/scenarios/recommend-p50-{10,20}.json` (a median-length Reddit-Amazon dialogue; the
-//! 5 demo-catalog items plus inline items with titles and no image), with the embedded demo model
-//! (tiny fixture, f32, CPU), in default and FREE mode. One request at a time (no batching).
+//! 5 demo-catalog items plus inline items with titles and no image), with the fixture demo model
+//! (`demo = "fixture"`: tiny fixture, f32, CPU), in default and FREE mode. One request at a time (no batching).
 //!
 //! Run: `cargo bench -p lavic-bench --bench serving`. Numbers go to docs/PERFORMANCE.md.
 
@@ -45,7 +45,7 @@ fn scenario(name: &str, mode: proto::Mode) -> proto::RecommendRequest {
 }
 
 fn benches(c: &mut Criterion) {
-    let config = Config { shutdown_grace_secs: 5, ..Config::default() };
+    let config = Config { shutdown_grace_secs: 5, demo: lavic_server::config::DemoKind::Fixture, ..Config::default() };
     let engine = Engine::load(&config, Arc::new(Metrics::new())).expect("demo model");
     let limits = Limits::from(&config);
 

@@ -4,7 +4,8 @@
 #      v1alpha) lists the services and calls Recommender/Recommend and grpc.health.v1;
 #   2. a Python grpcio client (stubs generated from proto/ with grpcio-tools) calls Recommend
 #      (plain and gzip-compressed), ModelInfo, and checks an INVALID_ARGUMENT and a NOT_FOUND.
-# The server is the embedded demo (tiny fixture model + demo catalog) on free loopback ports.
+# The server is the fixture demo (LAVIC_DEMO=fixture: tiny fixture model + the five DEMO0000.. items)
+# on free loopback ports.
 # Needs cargo and Python >= 3.9 with venv; installs pinned packages into target/clients-venv.
 # Bounded: every wait has a timeout and the server is stopped on exit.
 set -euo pipefail
@@ -51,7 +52,7 @@ EOF
 )
 ADDR=127.0.0.1:$PORT
 say "starting lavic serve on $ADDR (metrics 127.0.0.1:$MPORT)"
-env -u LAVIC_MODEL_DIR -u LAVIC_CATALOG_DIR "$LAVIC" serve --grpc-addr "$ADDR" \
+env -u LAVIC_MODEL_DIR -u LAVIC_CATALOG_DIR LAVIC_DEMO=fixture "$LAVIC" serve --grpc-addr "$ADDR" \
   --metrics-addr "127.0.0.1:$MPORT" --log-format text >"$WORK/server.log" 2>&1 &
 SERVER=$!
 stop_server() {
@@ -119,7 +120,7 @@ with grpc.insecure_channel(addr) as channel:
     r2 = stub.Recommend(req, timeout=30, compression=grpc.Compression.Gzip)
     assert r2.item_id == r.item_id, (r, r2)
     info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10)
-    assert info.catalog_items == 5 and info.demo, info
+    assert info.catalog_items == 5 and info.demo and info.demo_kind == "fixture", info
     try:
         stub.Recommend(pb.RecommendRequest(context="hi", candidate_ids=["DEMO000001"]), timeout=10)
         raise SystemExit("expected INVALID_ARGUMENT")

@@ -1,5 +1,5 @@
-//! The `lavic` binary end to end: `lavic serve` with no model configured starts the embedded
-//! demo; `lavic healthcheck` exits 0 only once SERVING; `lavic recommend` gets an answer; an
+//! The `lavic` binary end to end: `lavic serve` with no model configured and `LAVIC_DEMO=fixture`
+//! starts the fixture demo (the default world demo: `demo_serve`); `lavic healthcheck` exits 0 only once SERVING; `lavic recommend` gets an answer; an
 //! unknown LAVIC_* variable is warned about; SIGTERM makes it drain and exit 0.
 
 use std::io::{BufRead, BufReader};
@@ -17,6 +17,7 @@ fn serve_healthcheck_recommend_and_sigterm() {
     let mut child = Command::new(LAVIC)
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-format", "json"])
         .env("LAVIC_NOT_A_SETTING", "1")
+        .env("LAVIC_DEMO", "fixture")
         .env_remove("LAVIC_MODEL_DIR")
         .env_remove("LAVIC_CATALOG_DIR")
         .stdout(Stdio::null())
@@ -109,6 +110,8 @@ fn flags_beat_environment_beat_toml_beat_defaults() {
         .env("LAVIC_MAX_BATCH", "5")
         .env("LAVIC_QUEUE_CAPACITY", "9")
         .env("LAVIC_CATALOG_TOKEN", "hunter2")
+        .env("LAVIC_DEMO", "fixture")
+        .env_remove("LAVIC_DEMO_DIR")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -119,6 +122,10 @@ fn flags_beat_environment_beat_toml_beat_defaults() {
     assert_eq!(printed["log_format"].as_str(), Some("json"));
     assert_eq!(printed["shutdown_grace_secs"].as_integer(), Some(20), "default");
     assert_eq!(printed["catalog_token"].as_str(), Some("***"), "the token is never printed");
+    assert_eq!(printed["demo"].as_str(), Some("fixture"), "LAVIC_DEMO");
+    let out = Command::new(LAVIC).args(["serve", "--print-config"]).env_remove("LAVIC_DEMO").env_remove("LAVIC_CONFIG").output().unwrap();
+    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(printed["demo"].as_str(), Some("world"), "the world demo is the default");
 
     let out = Command::new(LAVIC).args(["serve", "--print-config"]).env("LAVIC_DTYPE", "fp8").output().unwrap();
     assert!(!out.status.success(), "an invalid LAVIC_DTYPE must be refused");

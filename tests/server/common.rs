@@ -1,6 +1,7 @@
 //! Shared helpers of the server integration tests: start the real server on 127.0.0.1:0 with the
-//! embedded demo (tiny fixture model, demo catalog DEMO000001..DEMO000005), connect the generated
-//! tonic clients, read health and metrics, stop it.
+//! fixture demo, chosen explicitly (`demo = "fixture"`: tiny fixture model, demo catalog
+//! DEMO000001..DEMO000005; the default world demo is tested in `demo_serve`), connect the
+//! generated tonic clients, read health and metrics, stop it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -32,9 +33,9 @@ pub struct TestServer {
     pub task: Option<tokio::task::JoinHandle<lavic_server::Result<()>>>,
 }
 
-/// Test defaults: the embedded demo, a short grace period.
+/// Test defaults: the fixture demo, a short grace period.
 pub fn config() -> Config {
-    Config { shutdown_grace_secs: 10, ..Config::default() }
+    Config { shutdown_grace_secs: 10, demo: lavic_server::config::DemoKind::Fixture, ..Config::default() }
 }
 
 /// Starts a server whose shutdown is a oneshot the test fires with [`TestServer::stop`].
@@ -283,8 +284,8 @@ pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
-/// `lavic serve` (the embedded demo) as a child process on free loopback ports, with every
-/// stderr line kept.
+/// `lavic serve` (the fixture demo unless `env` sets `LAVIC_DEMO`) as a child process on free
+/// loopback ports, with every stderr line kept.
 pub struct LavicProcess {
     /// The child.
     pub child: std::process::Child,
@@ -298,13 +299,22 @@ pub struct LavicProcess {
 impl LavicProcess {
     /// Starts `lavic serve` with `args` (after the loopback addresses) and waits until SERVING.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_demo(Some("fixture"), args, env).await
+    }
+
+    /// As [`LavicProcess::start`] with `LAVIC_DEMO` set to `demo` (`None`: unset, so the default
+    /// world demo is served).
+    pub async fn start_demo(demo: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         // `option_env!`: lavic-bench's test includes this file and has no `lavic` binary of its own.
         let Some(exe) = option_env!("CARGO_BIN_EXE_lavic") else { panic!("LavicProcess needs the lavic binary (the server tests build it)") };
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]).args(args);
-        for k in ["LAVIC_MODEL_DIR", "LAVIC_CATALOG_DIR", "LAVIC_CONFIG", "LAVIC_CATALOG_TOKEN", "LAVIC_LOG_FORMAT"] {
+        for k in ["LAVIC_MODEL_DIR", "LAVIC_CATALOG_DIR", "LAVIC_CONFIG", "LAVIC_CATALOG_TOKEN", "LAVIC_LOG_FORMAT", "LAVIC_DEMO", "LAVIC_DEMO_DIR"] {
             cmd.env_remove(k);
+        }
+        if let Some(demo) = demo {
+            cmd.env("LAVIC_DEMO", demo);
         }
         cmd.envs(env.iter().copied());
         let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();

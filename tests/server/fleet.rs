@@ -1,4 +1,4 @@
-//! A fleet on one Redis: two `lavic serve` processes (the embedded demo model, `catalog_url` on a
+//! A fleet on one Redis: two `lavic serve` processes (the fixture demo model, `catalog_url` on a
 //! throw-away `redis-server` with `appendfsync always`). An item upserted through one replica is
 //! recommended by the other on its very next request; a delete through one is NOT_FOUND on the
 //! other; while Redis is down, requests over cached items are answered, others get UNAVAILABLE
@@ -41,6 +41,8 @@ impl Replica {
             .args(["--catalog-url", redis_url, "--catalog-outage-secs", "2", "--redis-timeout-ms", "500"])
             .args(["--shutdown-grace-secs", "2"])
             .env("LAVIC_CATALOG_TOKEN", TOKEN)
+            // The tiny fixture model: fast to load, and the catalog is the fleet's, not a demo's.
+            .env("LAVIC_DEMO", "fixture")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

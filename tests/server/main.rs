@@ -1,6 +1,7 @@
 //! The server's integration tests, as one test binary (it links once: fourteen binaries of the
 //! whole server filled CI's disk). One module per behaviour; each test starts the real server
-//! (or the `lavic` binary) on 127.0.0.1 with the embedded demo and stops it. `common` holds the
+//! (or the `lavic` binary) on 127.0.0.1, with the fixture demo unless it says otherwise
+//! (`demo_serve` starts the default world demo), and stops it. `common` holds the
 //! shared helpers (also used by lavic-bench's ghz-report test).
 
 mod common;
@@ -13,9 +14,11 @@ mod catalog_service;
 mod connections;
 mod deadline;
 mod default_dtype;
+mod demo_serve;
 mod demo_world;
 mod decompression_bomb;
 mod empty_token;
+mod eval_baseline;
 mod eval_metrics;
 mod fleet;
 mod health;

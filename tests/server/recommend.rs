@@ -94,7 +94,7 @@ async fn free_mode_compression_model_info_and_metrics() {
     assert!(DEMO[1..3].contains(&r.item_id.as_str()));
 
     let info = client.model_info(proto::ModelInfoRequest {}).await.unwrap().into_inner();
-    assert!(info.demo);
+    assert!(info.demo && info.demo_kind == "fixture", "{info:?}");
     assert!(info.model_dir.ends_with("tiny-mistral"), "{}", info.model_dir);
     assert!(info.lm_adapter.ends_with("mistral-lm") && info.vision_adapter.ends_with("mistral-vision"));
     assert_eq!((info.dtype.as_str(), info.device.as_str()), ("f32", "cpu"));

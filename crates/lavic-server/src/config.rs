@@ -3,7 +3,8 @@
 //!
 //! Flags and environment variables are read by clap ([`ServeArgs`]: every flag has its `LAVIC_*`
 //! twin); the TOML file uses the field names of [`Config`]. With no model folder configured the
-//! server runs its embedded demo: the tiny fixture model and a small demo catalog.
+//! server runs an embedded demo (`demo`): the trained demo world of `demo/` (default) or the tiny
+//! fixture model with its five-item catalog (`fixture`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+pub use crate::demo::DemoKind;
 use crate::error::{Error, Result};
 
 /// Environment variables `lavic serve` reads (anything else starting with `LAVIC_` is warned about).
@@ -19,6 +21,8 @@ pub const KNOWN_ENV: &[&str] = &[
     "LAVIC_GRPC_ADDR",
     "LAVIC_METRICS_ADDR",
     "LAVIC_MODEL_DIR",
+    "LAVIC_DEMO",
+    "LAVIC_DEMO_DIR",
     "LAVIC_TOKENIZER",
     "LAVIC_VISION_ADAPTER",
     "LAVIC_LM_ADAPTER",
@@ -166,8 +170,14 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Prometheus `/metrics` listen address (plain HTTP).
     pub metrics_addr: SocketAddr,
-    /// llava-hf checkpoint folder; none: the embedded demo (tiny fixture model).
+    /// llava-hf checkpoint folder; none: the embedded demo named by `demo`.
     pub model_dir: Option<PathBuf>,
+    /// The embedded demo served when `model_dir` is unset: `world` (the trained demo of `demo/`)
+    /// or `fixture` (the tiny fixture model and five items).
+    pub demo: DemoKind,
+    /// Folder of the world demo (`model/`, `adapters/vision/`, `adapters/lm/`, `world/`); none:
+    /// `demo/` next to the sources the binary was built from, then `./demo`.
+    pub demo_dir: Option<PathBuf>,
     /// `tokenizer.json`; none: the one in `model_dir`.
     pub tokenizer: Option<PathBuf>,
     /// Stage-1 (vision) LoRA adapter folder.
@@ -269,6 +279,8 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             model_dir: None,
+            demo: DemoKind::World,
+            demo_dir: None,
             tokenizer: None,
             vision_adapter: None,
             lm_adapter: None,
@@ -334,6 +346,12 @@ pub struct ServeArgs {
     /// llava-hf checkpoint folder [default: the embedded demo model].
     #[arg(long, env = "LAVIC_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    /// Embedded demo served without --model-dir: world (trained, demo/) or fixture (tiny) [default: world].
+    #[arg(long, env = "LAVIC_DEMO", value_enum)]
+    pub demo: Option<DemoKind>,
+    /// Folder of the world demo [default: demo/ beside the sources, then ./demo].
+    #[arg(long, env = "LAVIC_DEMO_DIR")]
+    pub demo_dir: Option<PathBuf>,
     /// tokenizer.json [default: MODEL_DIR/tokenizer.json].
     #[arg(long, env = "LAVIC_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
@@ -476,6 +494,7 @@ impl Config {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone().into(); } )* };
         }
+        set!(demo);
         set!(grpc_addr, metrics_addr, device, dtype, max_candidates, max_prompt_tokens, overlong_policy);
         set!(unknown_ids, max_context_bytes, max_image_bytes, max_message_bytes, queue_capacity, max_batch);
         set!(workers, batch_window_ms, request_timeout_secs, shutdown_grace_secs, log_format, log);
@@ -485,7 +504,7 @@ impl Config {
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = Some(v.clone()); } )* };
         }
-        set_opt!(model_dir, tokenizer, vision_adapter, lm_adapter, catalog_dir, tls_cert, tls_key);
+        set_opt!(model_dir, demo_dir, tokenizer, vision_adapter, lm_adapter, catalog_dir, tls_cert, tls_key);
         set_opt!(catalog_url, redis_ca_file);
         if args.allow_memory_only_writes {
             c.allow_memory_only_writes = true;
@@ -601,7 +620,7 @@ impl Config {
         Ok(r)
     }
 
-    /// Whether the embedded demo (fixture model + demo catalog) is used.
+    /// Whether an embedded demo ([`Config::demo`]: the world demo or the fixture one) is served.
     pub fn is_demo(&self) -> bool {
         self.model_dir.is_none()
     }
@@ -740,6 +759,22 @@ mod tests {
         }
         let c = Config::resolve(&ServeArgs { catalog_token: Some("s3cret".into()), ..Default::default() }).unwrap();
         assert_eq!(c.catalog_token, Some(Secret("s3cret".into())));
+    }
+
+    #[test]
+    fn the_world_demo_is_the_default_and_the_fixture_demo_a_choice() {
+        let c = Config::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!((c.demo, c.demo_dir.as_deref(), c.is_demo()), (DemoKind::World, None, true));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lavic.toml");
+        std::fs::write(&path, "demo = \"fixture\"\ndemo_dir = \"/srv/demo\"\n").unwrap();
+        let c = Config::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap();
+        assert_eq!((c.demo, c.demo_dir.as_deref()), (DemoKind::Fixture, Some(Path::new("/srv/demo"))));
+        let c = Config::resolve(&ServeArgs { config: Some(path.clone()), demo: Some(DemoKind::World), ..Default::default() }).unwrap();
+        assert_eq!(c.demo, DemoKind::World, "the flag beats the file");
+        std::fs::write(&path, "demo = \"tiny\"\n").unwrap();
+        let err = Config::resolve(&ServeArgs { config: Some(path), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("tiny"), "{err}");
     }
 
     #[test]

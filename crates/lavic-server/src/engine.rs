@@ -1,62 +1,24 @@
-//! The model side of the server: loading (model, adapters, catalog or demo catalog) and the work a
-//! model worker does on one batch: resolve every candidate to its 5 image tokens (catalog, inline
-//! image or the reference's white-image fallback), then one `recommend_batch` call, which builds
-//! each prompt once under the budget and overlong policy given in its options. Model errors come
+//! The model side of the server: loading (model, adapters and catalog, or an embedded demo of
+//! [`crate::demo`] with its catalog built at start-up) and the work a model worker does on one
+//! batch: resolve every candidate to its 5 image tokens (catalog, inline image or the reference's
+//! white-image fallback), then one `recommend_batch` call, which builds each prompt once under
+//! the budget and overlong policy given in its options. Model errors come
 //! back typed and are mapped by variant ([`Error::from_model`]). Runs only on worker threads,
 //! never on the async runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use lavic_model::{Candidate, LavicModel, LoadOptions, Overlong, RecommendInput, RecommendOptions, Recommendation, Rgb8, Tensor};
 
 use crate::config::{Config, OverlongPolicy, UnknownIds};
+use crate::demo::{DemoCatalog, DemoModel};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::store::Store;
 use crate::validation::{Decoded, Source};
-
-/// The model files of the embedded demo, found next to the sources (at build time) or under the
-/// current folder.
-#[derive(Debug, Clone)]
-pub struct DemoModel {
-    /// `tests/fixtures/tiny-mistral`.
-    pub model_dir: PathBuf,
-    /// `tests/fixtures/tokenizer/tokenizer.json`.
-    pub tokenizer: PathBuf,
-    /// `tests/fixtures/adapters/mistral-vision`.
-    pub vision_adapter: PathBuf,
-    /// `tests/fixtures/adapters/mistral-lm`.
-    pub lm_adapter: PathBuf,
-}
-
-impl DemoModel {
-    /// Locates the fixture model, or explains where it looked.
-    pub fn locate() -> Result<Self> {
-        let roots = [
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"),
-            PathBuf::from("tests/fixtures"),
-        ];
-        for root in &roots {
-            if root.join("tiny-mistral/config.json").is_file() {
-                let root = root.canonicalize().unwrap_or_else(|_| root.clone());
-                return Ok(Self {
-                    model_dir: root.join("tiny-mistral"),
-                    tokenizer: root.join("tokenizer/tokenizer.json"),
-                    vision_adapter: root.join("adapters/mistral-vision"),
-                    lm_adapter: root.join("adapters/mistral-lm"),
-                });
-            }
-        }
-        Err(Error::Startup(format!(
-            "no model configured (LAVIC_MODEL_DIR) and the embedded demo model is not at {} or {}",
-            roots[0].display(),
-            roots[1].display()
-        )))
-    }
-}
 
 /// `f32`, `f16`, `bf16` (candle's name otherwise).
 fn dtype_name(d: candle_core::DType) -> String {
@@ -65,6 +27,27 @@ fn dtype_name(d: candle_core::DType) -> String {
         candle_core::DType::F16 => "f16".into(),
         candle_core::DType::BF16 => "bf16".into(),
         other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// What to load: the configured model and adapters, or (`demo`) the demo's files, each of which
+/// the configuration may still override.
+fn load_options(config: &Config, demo: Option<&DemoModel>) -> LoadOptions {
+    match demo {
+        Some(d) => {
+            let mut o = LoadOptions::new(&d.model_dir);
+            o.tokenizer = Some(config.tokenizer.clone().unwrap_or_else(|| d.tokenizer.clone()));
+            o.vision_adapter = Some(config.vision_adapter.clone().unwrap_or_else(|| d.vision_adapter.clone()));
+            o.lm_adapter = Some(config.lm_adapter.clone().unwrap_or_else(|| d.lm_adapter.clone()));
+            o
+        }
+        None => {
+            let mut o = LoadOptions::new(config.model_dir.clone().unwrap_or_default());
+            o.tokenizer = config.tokenizer.clone();
+            o.vision_adapter = config.vision_adapter.clone();
+            o.lm_adapter = config.lm_adapter.clone();
+            o
+        }
     }
 }
 
@@ -139,23 +122,11 @@ impl Engine {
     /// Loads everything `config` names (blocking; minutes for a 7B model).
     pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<Self> {
         let device = lavic_model::parse_device(&config.device)?;
-        let mut opts = match &config.model_dir {
-            Some(dir) => {
-                let mut o = LoadOptions::new(dir);
-                o.tokenizer = config.tokenizer.clone();
-                o.vision_adapter = config.vision_adapter.clone();
-                o.lm_adapter = config.lm_adapter.clone();
-                o
-            }
-            None => {
-                let demo = DemoModel::locate()?;
-                let mut o = LoadOptions::new(&demo.model_dir);
-                o.tokenizer = Some(config.tokenizer.clone().unwrap_or(demo.tokenizer));
-                o.vision_adapter = Some(config.vision_adapter.clone().unwrap_or(demo.vision_adapter));
-                o.lm_adapter = Some(config.lm_adapter.clone().unwrap_or(demo.lm_adapter));
-                o
-            }
+        let demo = match &config.model_dir {
+            Some(_) => None,
+            None => Some(DemoModel::locate(config.demo, config.demo_dir.as_deref())?),
         };
+        let mut opts = load_options(config, demo.as_ref());
         // No dtype configured: the default `lavic catalog build` uses too (f32 on CPU, the
         // checkpoint's on CUDA), so catalogs built and served with the defaults match.
         opts.dtype = config.dtype.map(|d| d.dtype()).or_else(|| lavic_model::default_dtype(&device));
@@ -169,7 +140,11 @@ impl Engine {
         let store = match (&config.catalog_dir, config.redis_config()?) {
             (Some(dir), _) => Store::open(dir, &model.encoder, items_gauge, config.allow_memory_only_writes).map_err(|e| explain_mismatch(e, &opts))?,
             (None, Some(redis)) => Store::open_redis(&redis, &model.encoder, items_gauge, metrics.store.clone())?,
-            (None, None) => Store::demo(&model.encoder, items_gauge)?,
+            // A demo's own catalog; a configured model without a catalog gets the five fixture items.
+            (None, None) => {
+                let items = demo.as_ref().map_or(&DemoCatalog::Fixture, |d| &d.catalog);
+                Store::demo(items, &model.encoder, items_gauge)?
+            }
         };
         tracing::info!(catalog = %store.describe(), items = store.len(), shared = store.backend().is_shared(), "catalog opened");
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
@@ -191,6 +166,7 @@ impl Engine {
                 OverlongPolicy::Reject => "reject".into(),
             },
             demo: config.is_demo(),
+            demo_kind: demo.as_ref().map(|d| d.kind.as_str().to_string()).unwrap_or_default(),
             server_version: env!("CARGO_PKG_VERSION").into(),
         };
         let settings = Settings { max_prompt_tokens: config.max_prompt_tokens, overlong: config.overlong_policy.into() };

@@ -7,6 +7,9 @@
 //! temporary folder, or from `--catalog`; unknown ids get the reference's fallback: title
 //! "No Title" and the white image) and gRPC against a running server (`--addr`; the request asks
 //! for the fallback policy, so the server's catalog and fallback apply).
+//!
+//! With `--baseline random|title-similarity` no model is loaded: the baseline picks
+//! (`baseline`), and the picks are scored and summarised the same way.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -23,6 +26,7 @@ use lavic_server::client::TlsArgs;
 use lavic_server::proto::{self, recommend_request::Dialogue, recommender_client::RecommenderClient};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::baseline::{Baseline, BaselineArgs};
 use crate::dataset::{read_conversations, CandidateList, Conversation};
 use crate::eval_metrics::{score, summarize, Answer, Record, RunInfo, Summary};
 use crate::progress::{Progress, ProgressArg};
@@ -46,16 +50,16 @@ pub struct EvalArgs {
     pub data: PathBuf,
     /// Items file for titles and images (our items JSONL, item2meta_train.json or
     /// item2meta_valid.jsonl). Ids it lacks get the fallback ("No Title", white image).
-    #[arg(long, requires = "images", conflicts_with_all = ["catalog", "addr"])]
+    #[arg(long, conflicts_with_all = ["catalog", "addr"])]
     pub items: Option<PathBuf>,
-    /// Folder the items' image paths are relative to.
+    /// Folder the items' image paths are relative to (with a model; a baseline reads titles only).
     #[arg(long, requires = "items")]
     pub images: Option<PathBuf>,
     /// A catalog built with `lavic catalog build` for this model, used as is (instead of --items).
     #[arg(long, conflicts_with = "addr")]
     pub catalog: Option<PathBuf>,
     /// llava-hf LLaVA-NeXT checkpoint folder (in-process).
-    #[arg(long, required_unless_present = "addr", conflicts_with = "addr")]
+    #[arg(long, required_unless_present_any = ["addr", "baseline"], conflicts_with = "addr")]
     pub model: Option<PathBuf>,
     /// tokenizer.json [default: MODEL/tokenizer.json].
     #[arg(long, requires = "model")]
@@ -111,10 +115,22 @@ pub struct EvalArgs {
     pub progress: ProgressArg,
 }
 
+/// `lavic eval`'s flags: a model's (or a server's) evaluation, or a baseline's.
+#[derive(Debug, Clone, Args)]
+pub struct EvalCommand {
+    /// What to evaluate on, and the model.
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// A baseline instead of the model.
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
+}
+
 /// Runs the evaluation, prints the summary and returns it. Fails after writing everything when a
 /// conversation failed.
-pub fn run(args: &EvalArgs) -> anyhow::Result<Summary> {
-    let summary = evaluate(args)?;
+pub fn run(cmd: &EvalCommand) -> anyhow::Result<Summary> {
+    let args = &cmd.eval;
+    let summary = evaluate_with(args, cmd.baseline.baseline.map(|b| (b, cmd.baseline.seed)))?;
     print!("{}", summary.render());
     println!("  results: {}", args.out.display());
     if summary.errors > 0 {
@@ -126,17 +142,23 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<Summary> {
 /// Runs the evaluation and writes `--out` and `--summary`, printing nothing (what `lavic train`
 /// calls on each checkpoint).
 pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Summary> {
+    evaluate_with(args, None)
+}
+
+/// [`evaluate`] of a model, or of `baseline` (with its seed) when given.
+fn evaluate_with(args: &EvalArgs, baseline: Option<(Baseline, u64)>) -> anyhow::Result<Summary> {
     let convs = read_conversations(&args.data, args.candidates, args.limit)?;
     if convs.is_empty() {
         bail!("{}: no conversations", args.data.display());
     }
     let mut out = BufWriter::new(File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?);
-    let (records, mut run) = match &args.addr {
-        Some(addr) => {
+    let (records, mut run) = match (baseline, &args.addr) {
+        (Some((b, seed)), _) => crate::baseline::run(args, b, seed, &convs, &mut out)?,
+        (None, Some(addr)) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(run_remote(args, addr, &convs, &mut out))?
         }
-        None => run_local(args, &convs, &mut out)?,
+        (None, None) => run_local(args, &convs, &mut out)?,
     };
     out.flush()?;
     run.data = args.data.display().to_string();
@@ -158,6 +180,7 @@ fn run_info(args: &EvalArgs, backend: String, model: String) -> RunInfo {
         concurrency: args.concurrency as usize,
         wall_seconds: 0.0,
         missing_image_items: None,
+        baseline: None,
     }
 }
 
@@ -181,6 +204,9 @@ struct Local {
 
 fn load_local(args: &EvalArgs, convs: &[Conversation]) -> anyhow::Result<Local> {
     let model_dir = args.model.as_ref().context("--model is required without --addr")?;
+    if args.items.is_some() && args.images.is_none() {
+        bail!("--items needs --images (the folder the items' image paths are relative to) to evaluate a model");
+    }
     let mut o = LoadOptions::new(model_dir);
     o.tokenizer = args.tokenizer.clone();
     o.vision_adapter = args.vision_adapter.clone();

@@ -200,6 +200,8 @@ pub struct RunInfo {
     pub wall_seconds: f64,
     /// In-process: catalog items stored without an image file (the white image stands in).
     pub missing_image_items: Option<usize>,
+    /// The baseline evaluated instead of a model (`lavic eval --baseline`); null for a model.
+    pub baseline: Option<crate::baseline::BaselineInfo>,
 }
 
 /// The metrics over every conversation of a run.
@@ -288,10 +290,21 @@ impl Summary {
     pub fn render(&self) -> String {
         let r = &self.run;
         let line = |name: &str, x: &Ratio, unit: &str| format!("  {name:<44} {:.4}  ({} / {} {unit})\n", x.value, x.count, x.of);
-        let mut s = format!(
-            "lavic eval: {} conversations of {} ({}, {} mode, {}; model {})\n",
-            self.conversations, r.data, r.candidates, r.mode, r.backend, r.model
-        );
+        let mut s = match &r.baseline {
+            Some(b) => format!(
+                "lavic eval: {} conversations of {} ({}, baseline {}, seed {}; no model)\n  baseline: {}\n",
+                self.conversations,
+                r.data,
+                r.candidates,
+                b.name.name(),
+                b.seed,
+                b.rule
+            ),
+            None => format!(
+                "lavic eval: {} conversations of {} ({}, {} mode, {}; model {})\n",
+                self.conversations, r.data, r.candidates, r.mode, r.backend, r.model
+            ),
+        };
         s += &line("HR@1, reference (per ground-truth pair)", &self.hr1_per_pair, "pairs");
         s += &line("HR@1, per conversation (pick is any gt)", &self.hr1_per_conversation, "conversations");
         s += &line("VR (the model's answer is a candidate)", &self.vr, "conversations");
@@ -316,7 +329,9 @@ impl Summary {
             s += &format!("  {:<44} {m} (white image)\n", "catalog items without an image file");
         }
         let l = &self.latency_ms;
-        let what = if r.backend == "in-process" { format!("latency (batch of {})", r.batch) } else { format!("latency (gRPC, {} in flight)", r.concurrency) };
+        let what = if r.baseline.is_some() {
+            "latency (baseline)".to_string()
+        } else if r.backend == "in-process" { format!("latency (batch of {})", r.batch) } else { format!("latency (gRPC, {} in flight)", r.concurrency) };
         s += &format!(
             "  {what:<44} p50 {:.1} ms  p90 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms  mean {:.1} ms\n",
             l.p50, l.p90, l.p95, l.p99, l.max, l.mean
@@ -375,6 +390,7 @@ mod tests {
             concurrency: 1,
             wall_seconds: 2.0,
             missing_image_items: None,
+            baseline: None,
         };
         let s = summarize(&[a, b, c], run);
         assert_eq!((s.hr1_per_pair.count, s.hr1_per_pair.of), (2, 5));

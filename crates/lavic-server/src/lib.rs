@@ -10,7 +10,8 @@
 //! - [`validation`]: every rule a message must pass, for every RPC (each refusal names the
 //!   field); [`decode`]: a validated request's inline images decoded, once admitted;
 //! - [`queue`]: admission (semaphore) and the bounded queue to the model workers;
-//! - [`engine`] + [`store`]: model, catalog and the work on one batch; [`worker`]: the threads
+//! - [`engine`] + [`store`]: model, catalog and the work on one batch ([`demo`]: the embedded
+//!   demos served without a model folder); [`worker`]: the threads
 //!   and their batch forming;
 //! - [`core`] + [`service`]: thin handlers over the shared core and its one call wrapper;
 //! - [`server`]: the tower stack, health, reflection, start-up, warm-up and drain;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod core;
 pub mod decode;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod log_limit;

@@ -1,9 +1,10 @@
 //! The `lavic` binary: `serve` (the gRPC server), `healthcheck` (exit 0 iff SERVING),
 //! `recommend` (a client to try it), `catalog ...` (build and manage item catalogs), `eval`
-//! (HR@1 / VR of a model on a Reddit-Amazon conversation file), `prompt` (the exact prompts),
-//! `train distill|recommend` (LaViC's two training stages), `demo-world` (the demo world of a
-//! seed) and `dev ...` (real-size random checkpoints and probes).
+//! (HR@1 / VR of a model, or of a baseline, on a Reddit-Amazon conversation file), `prompt`
+//! (the exact prompts), `train distill|recommend` (LaViC's two training stages), `demo-world`
+//! (the demo world of a seed) and `dev ...` (real-size random checkpoints and probes).
 
+mod baseline;
 mod dataset;
 mod demo_cmd;
 mod dev;
@@ -43,9 +44,10 @@ enum Command {
         #[command(subcommand)]
         command: lavic_catalog::cli::CatalogCommand,
     },
-    /// Evaluate a model on a Reddit-Amazon conversation file: HR@1 (per ground-truth pair, as the
-    /// reference, and per conversation), VR, candidate recall, prompt tokens, latency.
-    Eval(Box<eval::EvalArgs>),
+    /// Evaluate a model (or a baseline: --baseline random|title-similarity) on a Reddit-Amazon
+    /// conversation file: HR@1 (per ground-truth pair, as the reference, and per conversation),
+    /// VR, candidate recall, prompt tokens, latency.
+    Eval(Box<eval::EvalCommand>),
     /// Print the exact recommendation prompt of each conversation as JSON lines.
     Prompt(prompt_cmd::PromptArgs),
     /// Write the demo world of a seed: items with procedurally drawn images, and train / valid /

@@ -1,7 +1,7 @@
 //! The catalog as the server uses it: a [`lavic_catalog::CatalogBackend`] (the memory-mapped
 //! catalog folder, or the fleet-wide Redis store) with errors mapped to ours, plus the embedded
-//! demo catalog built at start-up from the fixture images. The store is the one writer of
-//! `lavic_catalog_items`: it sets it when opened and after each write.
+//! demos' catalogs built at start-up (the fixture images, or every item of the demo world). The
+//! store is the one writer of `lavic_catalog_items`: it sets it when opened and after each write.
 //!
 //! Writes are acknowledged only when they are durable: a catalog folder the process cannot write
 //! (the read-only volume of a Kubernetes manifest) refuses them with FAILED_PRECONDITION, unless
@@ -17,10 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use lavic_catalog::{Catalog, CatalogBackend, CatalogItem, ItemInfo, NewItem, RedisConfig, RedisStore, StoreForm, UpsertReport};
+use lavic_catalog::{
+    BuildOptions, Catalog, CatalogBackend, CatalogItem, InputFormat, ItemInfo, NewItem, ProgressMode, RedisConfig, RedisStore, StoreForm,
+    UpsertReport,
+};
 use lavic_model::ImageEncoder;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::demo::DemoCatalog;
 use crate::error::{Error, Result};
 
 /// Items of the demo catalog: id, made-up title, image (the fixture images, embedded).
@@ -31,6 +35,46 @@ pub const DEMO_ITEMS: [(&str, &str, &[u8]); 5] = [
     ("DEMO000004", "Insulated Water Bottle, 750 ml, Matte Finish", include_bytes!("../../../tests/fixtures/images/tall.png")),
     ("DEMO000005", "Enamel Pin, Retro Pixel Heart", include_bytes!("../../../tests/fixtures/images/small.png")),
 ];
+
+/// The five fixture items, upserted into a new catalog at `dir`.
+fn fixture_catalog(dir: &Path, encoder: &ImageEncoder) -> Result<Catalog> {
+    let catalog = Catalog::create_empty(dir, encoder, StoreForm::Cls).map_err(catalog_err)?;
+    let demo: Vec<NewItem> = DEMO_ITEMS
+        .iter()
+        .map(|(id, title, image)| NewItem {
+            id: id.to_string(),
+            title: title.to_string(),
+            image: Some(image.to_vec()),
+            metadata: r#"{"demo":true}"#.into(),
+        })
+        .collect();
+    let report = catalog.upsert(&demo, encoder).map_err(catalog_err)?;
+    if let Some((id, why)) = report.failed.first() {
+        return Err(Error::Startup(format!("demo item {id}: {why}")));
+    }
+    Ok(catalog)
+}
+
+/// Every item of a demo world's items file, built into a new catalog at `dir` as `lavic catalog
+/// build` would. A demo must be whole: an item left out or stored without its image is an error.
+fn world_catalog(items: &Path, images: &Path, dir: &Path, encoder: &ImageEncoder) -> Result<Catalog> {
+    let mut opts = BuildOptions::new(items, images, dir);
+    opts.format = InputFormat::Items;
+    opts.progress = ProgressMode::Off;
+    let report = lavic_catalog::build(&opts, encoder).map_err(|e| Error::Startup(format!("demo catalog from {}: {e}", items.display())))?;
+    if let Some((id, why)) = report.failed.first() {
+        return Err(Error::Startup(format!("demo catalog from {}: item {id} left out: {why}", items.display())));
+    }
+    if let Some(id) = report.missing_images.first() {
+        return Err(Error::Startup(format!(
+            "demo catalog from {}: item {id} has no image file under {} ({} items without one)",
+            items.display(),
+            images.display(),
+            report.missing_images.len()
+        )));
+    }
+    Catalog::open(dir).map_err(catalog_err)
+}
 
 /// What the store does with Catalog writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,29 +191,23 @@ impl Store {
         self.items.set(self.len() as i64);
     }
 
-    /// Builds the demo catalog in a new temporary folder (under the system temp dir).
-    pub fn demo(encoder: &ImageEncoder, items: Gauge) -> Result<Self> {
+    /// Builds a demo catalog in a new temporary folder (under the system temp dir): the five
+    /// fixture items, or every item of a demo world (a start-up error names any item that could
+    /// not be stored, or stored without its image).
+    pub fn demo(items: &DemoCatalog, encoder: &ImageEncoder, gauge: Gauge) -> Result<Self> {
         let temp = tempfile::Builder::new()
             .prefix("lavic-demo-catalog-")
             .tempdir()
             .map_err(|e| Error::Startup(format!("cannot create a temporary folder for the demo catalog: {e}")))?;
         let dir = temp.path().join("catalog");
-        let catalog = Catalog::create_empty(&dir, encoder, StoreForm::Cls).map_err(catalog_err)?;
-        let demo: Vec<NewItem> = DEMO_ITEMS
-            .iter()
-            .map(|(id, title, image)| NewItem {
-                id: id.to_string(),
-                title: title.to_string(),
-                image: Some(image.to_vec()),
-                metadata: r#"{"demo":true}"#.into(),
-            })
-            .collect();
-        let report = catalog.upsert(&demo, encoder).map_err(catalog_err)?;
-        if let Some((id, why)) = report.failed.first() {
-            return Err(Error::Startup(format!("demo item {id}: {why}")));
-        }
+        let t = std::time::Instant::now();
+        let catalog = match items {
+            DemoCatalog::Fixture => fixture_catalog(&dir, encoder)?,
+            DemoCatalog::World { items, images } => world_catalog(items, images, &dir, encoder)?,
+        };
+        tracing::info!(items = catalog.len(), secs = t.elapsed().as_secs_f32(), "demo catalog built");
         let folder = Folder { dir, writable: true };
-        Ok(Self::with(CatalogBackend::Mmap(catalog), Some(folder), Writes::Durable, Some(temp), items))
+        Ok(Self::with(CatalogBackend::Mmap(catalog), Some(folder), Writes::Durable, Some(temp), gauge))
     }
 
     /// Removes the demo catalog's temporary folder (nothing for a real catalog). Call it once
