@@ -76,11 +76,35 @@ fn expected_line(orig: &str, description: &str, teacher: &str) -> String {
 fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load() {
     let tmp = tempfile::tempdir().unwrap();
     let (world, base) = sliver(tmp.path());
-    let (out, desc, log, state) = (tmp.path().join("out"), tmp.path().join("described.jsonl"), tmp.path().join("log.jsonl"), tmp.path().join("state"));
+    let (out, desc, log, state) =
+        (tmp.path().join("out"), tmp.path().join("described.jsonl"), tmp.path().join("log.jsonl"), tmp.path().join("state"));
     let flags = [
-        "--tasks", "describe", "--limit", "10", "--eval", "2", "--steps", "120", "--batch", "8", "--lr", "1e-2", "--warmup", "0",
-        "--answers", "2", "--describe", &s(&desc), "--describe-max-tokens", "30", "--log", &s(&log), "--state", &s(&state),
-        "--save-every", "50",
+        "--tasks",
+        "describe",
+        "--limit",
+        "10",
+        "--eval",
+        "2",
+        "--steps",
+        "120",
+        "--batch",
+        "8",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "0",
+        "--answers",
+        "2",
+        "--describe",
+        &s(&desc),
+        "--describe-max-tokens",
+        "30",
+        "--log",
+        &s(&log),
+        "--state",
+        &s(&state),
+        "--save-every",
+        "50",
     ];
     let run = ok(lavic(&base_args(&world, &base, &out, &flags)));
     let ev = events(&run);
@@ -128,9 +152,10 @@ fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load
     // The trained folder runs in `lavic eval`.
     let (eval_out, eval_sum) = (tmp.path().join("eval.jsonl"), tmp.path().join("eval.json"));
     let images = s(&world.join("images"));
-    let mut a: Vec<String> = ["eval", "--progress", "off", "--data", &s(&world.join("test.jsonl")), "--items", &s(&world.join("items.jsonl"))]
-        .map(String::from)
-        .to_vec();
+    let mut a: Vec<String> =
+        ["eval", "--progress", "off", "--data", &s(&world.join("test.jsonl")), "--items", &s(&world.join("items.jsonl"))]
+            .map(String::from)
+            .to_vec();
     a.extend(["--images", &images, "--model", &s(&out), "--out", &s(&eval_out), "--summary", &s(&eval_sum)].map(String::from));
     ok(lavic(&a));
     let sum: Value = serde_json::from_str(&std::fs::read_to_string(&eval_sum).unwrap()).unwrap();

@@ -186,7 +186,9 @@ pub fn run(model: &FullModel, world: &Path, s: &DescribeSettings) -> anyhow::Res
     for chunk in items.chunks(s.batch.max(1)) {
         let mut batch = Vec::with_capacity(chunk.len());
         for (_, it) in chunk {
-            let q = questions.get(&it.id).with_context(|| format!("item {}: no describe line in {}", it.id, world.join("stage0.jsonl").display()))?;
+            let q = questions
+                .get(&it.id)
+                .with_context(|| format!("item {}: no describe line in {}", it.id, world.join("stage0.jsonl").display()))?;
             let views = item_views(world, &it.id, &model.anyres).with_context(|| format!("item {}", it.id))?;
             batch.push(Question { prompt: stage0_prompt(q), images: vec![views] });
         }

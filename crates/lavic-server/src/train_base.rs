@@ -236,7 +236,9 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
         SaveDtype::F16 => DType::F16,
     };
     let saved = save_full(&model, &a.out, dtype)?;
-    event(json!({"event": "saved", "out": a.out.display().to_string(), "tensors": saved.tensors, "trained": saved.trained, "bytes": saved.bytes}));
+    event(
+        json!({"event": "saved", "out": a.out.display().to_string(), "tensors": saved.tensors, "trained": saved.trained, "bytes": saved.bytes}),
+    );
     if let Some(file) = &a.describe {
         let s = DescribeSettings { out: file.clone(), max_tokens: a.describe_max_tokens as usize, batch: a.describe_batch as usize };
         let summary = describe::run(&model, &a.world, &s)?;
@@ -277,7 +279,8 @@ fn train_steps(a: &BaseArgs, model: &FullModel, train: &[PatchEncoded]) -> anyho
         let step = trainer.step_count();
         let secs = t0.elapsed().as_secs_f64();
         let eta = secs / (step - first) as f64 * (a.steps - step) as f64;
-        let line = json!({"event": "step", "step": step, "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr, "elapsed_s": secs, "eta_s": eta});
+        let line =
+            json!({"event": "step", "step": step, "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr, "elapsed_s": secs, "eta_s": eta});
         if let Some(f) = log.as_mut() {
             writeln!(f, "{line}").context("--log")?;
         }

@@ -203,7 +203,14 @@ impl Decoder {
     /// Decoder layer `i` on hidden states `x` `[B, Tq, H]` whose queries attend to `past` keys
     /// and values `[B, KV, S0, D]` (if any) followed by their own; `s.mask` is `[B, 1, Tq, S0 +
     /// Tq]`. Returns the output and the keys (after rotary) and values of all `S0 + Tq` positions.
-    fn layer_kv(&self, i: usize, x: &Tensor, s: &LayerInputs, past: Option<&(Tensor, Tensor)>, ctx: &mut Ctx) -> Result<(Tensor, (Tensor, Tensor))> {
+    fn layer_kv(
+        &self,
+        i: usize,
+        x: &Tensor,
+        s: &LayerInputs,
+        past: Option<&(Tensor, Tensor)>,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let l = self.layers.get(i).ok_or_else(|| Error::Input(format!("no decoder layer {i}")))?;
         let (b, t) = (s.b, s.t);
         let (heads, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);

@@ -33,7 +33,8 @@ fn batched_generation_gives_the_one_at_a_time_texts() {
     // Those questions (prompts of different lengths) and a few about other items.
     let all = read_lines(&s.world, &Stage0Filter::default()).unwrap();
     let picked: Vec<_> = lines.iter().chain(all.iter().skip(40).step_by(3).take(4)).collect();
-    let lens: std::collections::BTreeSet<usize> = picked.iter().map(|l| model.tokenizer.encode(&stage0_prompt(&l.question)).unwrap().len()).collect();
+    let lens: std::collections::BTreeSet<usize> =
+        picked.iter().map(|l| model.tokenizer.encode(&stage0_prompt(&l.question)).unwrap().len()).collect();
     assert!(lens.len() >= 3, "prompt lengths {lens:?}");
     let questions: Vec<Question> = picked
         .iter()
@@ -47,7 +48,13 @@ fn batched_generation_gives_the_one_at_a_time_texts() {
         let mut lengths = std::collections::BTreeSet::new();
         for (q, a) in questions.iter().zip(&batch) {
             let one = model.generate(&q.prompt, &q.images, max_new).unwrap();
-            eprintln!("{:?} -> {one:?} (batched {:?}, {} tokens, finished {})", q.prompt.lines().nth(1), a.text, a.tokens.len(), a.finished);
+            eprintln!(
+                "{:?} -> {one:?} (batched {:?}, {} tokens, finished {})",
+                q.prompt.lines().nth(1),
+                a.text,
+                a.tokens.len(),
+                a.finished
+            );
             assert_eq!(a.text, one, "{}", q.prompt);
             assert_eq!(a.text, model.tokenizer.decode(&a.tokens, true).unwrap());
             assert!(a.tokens.len() <= max_new && (a.finished || a.tokens.len() == max_new), "{a:?}");
