@@ -6,6 +6,7 @@
 //!   generator's) and a `teacher` field, and a summary that agrees with it; `lavic train distill`
 //!   reads the file unchanged;
 //! - a `--state` that has reached `--steps` only saves: the same bytes as the run that wrote it;
+//!   `--steps 0` trains nothing and still evaluates, saves and describes;
 //! - bad input (unknown task, missing world, too few lines, a non-empty output) is a clear error.
 
 use std::path::{Path, PathBuf};
@@ -175,6 +176,24 @@ fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load
     let r = ok(lavic(&base_args(&world, &base, &again, &flags)));
     assert!(events(&r).iter().any(|v| v["event"] == "resume" && v["step"] == 120));
     assert_eq!(std::fs::read(again.join("model.safetensors")).unwrap(), std::fs::read(out.join("model.safetensors")).unwrap());
+}
+
+#[test]
+fn train_base_with_zero_steps_only_evaluates_saves_and_describes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, base) = sliver(tmp.path());
+    let (out, desc) = (tmp.path().join("out"), tmp.path().join("d.jsonl"));
+    let flags = ["--steps", "0", "--eval", "4", "--answers", "1", "--describe", &s(&desc), "--describe-max-tokens", "8"];
+    let ev = events(&ok(lavic(&base_args(&world, &base, &out, &flags))));
+    let losses: Vec<f64> = ev.iter().filter(|v| v["event"] == "held_out_loss").map(|v| v["loss"].as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 2);
+    assert_eq!(losses[0], losses[1], "no step was taken");
+    assert!(!ev.iter().any(|v| v["event"] == "step"));
+    assert!(out.join("model.safetensors").is_file() && out.join("config.json").is_file());
+    let items = std::fs::read_to_string(world.join("items.jsonl")).unwrap().lines().count();
+    assert_eq!(std::fs::read_to_string(&desc).unwrap().lines().count(), items);
+    let summary = ev.iter().find(|v| v["event"] == "described").unwrap();
+    assert_eq!(summary["summary"]["items"].as_u64(), Some(items as u64));
 }
 
 #[test]

@@ -149,7 +149,8 @@ fn check_paths(a: &BaseArgs) -> anyhow::Result<()> {
     if !a.world.is_dir() {
         bail!("--world {}: no such folder (write one with `lavic demo-world`)", a.world.display());
     }
-    for f in ["stage0.jsonl", "items.jsonl"] {
+    let needed: &[&str] = if a.describe.is_some() { &["stage0.jsonl", "items.jsonl"] } else { &["stage0.jsonl"] };
+    for f in needed {
         if !a.world.join(f).is_file() {
             bail!("--world {}: no {f} in it (is it a `lavic demo-world` folder?)", a.world.display());
         }
