@@ -34,4 +34,5 @@ mod smaller_defects;
 mod status_codes;
 mod tls;
 mod train;
+mod train_base;
 mod unknown_ids;

@@ -407,6 +407,8 @@ mod tests {
             assert!(d.contains(stem), "{d}");
             assert!(d.contains(l.detail.phrases()[0]) || (l.detail.trim_is_detail() && d.contains(l.detail.trim())), "{d}");
             assert!(!d.contains(&it.title), "{d}");
+            let all = crate::vocab::Named { kind: true, main: true, secondary: true, pattern: true, detail: true };
+            assert_eq!(l.named_in(d), all, "{d}");
         }
     }
 

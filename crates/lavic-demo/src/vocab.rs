@@ -3,10 +3,10 @@
 //! their words from separate lists (brands, line names, kind nouns) that share no word with this
 //! vocabulary (tested in `items.rs`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A product kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A bag (strap or handles).
@@ -65,7 +65,7 @@ impl Kind {
 }
 
 /// A colour (main body or secondary: pattern and trim).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Colour {
     /// Red.
@@ -139,7 +139,7 @@ impl Colour {
 }
 
 /// The body's surface pattern (drawn in the secondary colour over the main one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pattern {
     /// One colour.
@@ -189,7 +189,7 @@ impl Pattern {
 }
 
 /// A shape detail; which ones exist depends on the kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Detail {
     /// Bag: one long strap over the top.
@@ -263,7 +263,7 @@ impl Detail {
 }
 
 /// Everything an item's image shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Look {
     /// Product kind.
     pub kind: Kind,
@@ -278,7 +278,7 @@ pub struct Look {
 }
 
 /// One visual attribute a seeker can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Attribute {
     /// The body colour.
@@ -310,6 +310,51 @@ impl Look {
     /// Whether `other` is the same kind and agrees on every attribute of `asked`.
     pub fn satisfies(&self, other: &Look, asked: &[Attribute]) -> bool {
         self.kind == other.kind && asked.iter().all(|a| self.same(other, *a))
+    }
+}
+
+/// Which of an item's true attributes a text names (see [`Look::named_in`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Named {
+    /// The kind's noun.
+    pub kind: bool,
+    /// The main colour, as the text's first colour word.
+    pub main: bool,
+    /// The secondary colour, after the first colour word.
+    pub secondary: bool,
+    /// The pattern.
+    pub pattern: bool,
+    /// The shape detail.
+    pub detail: bool,
+}
+
+impl Look {
+    /// Which of this look's attributes `text` names, by whole lower-case words (a hyphen stays
+    /// inside a word): the kind's noun; the main colour as the first colour word (the teacher
+    /// descriptions name the body colour first); the secondary colour as a later colour word;
+    /// the pattern as a word starting with its stem (solid, stripe, dot, check); the detail as its
+    /// first phrase, or its trim word where the trim is the detail ("a red strap").
+    pub fn named_in(&self, text: &str) -> Named {
+        let lower = text.to_lowercase();
+        let words: Vec<&str> = lower.split(|c: char| !(c.is_alphanumeric() || c == '-')).filter(|w| !w.is_empty()).collect();
+        let has = |phrase: &str| {
+            let p: Vec<&str> = phrase.split(' ').collect();
+            words.windows(p.len()).any(|w| w == p.as_slice())
+        };
+        let colours: Vec<&str> = words.iter().copied().filter(|w| Colour::ALL.iter().any(|c| c.word() == *w)).collect();
+        let stem = match self.pattern {
+            Pattern::Solid => "solid",
+            Pattern::Stripes => "stripe",
+            Pattern::Dots => "dot",
+            Pattern::Checks => "check",
+        };
+        Named {
+            kind: has(self.kind.noun()),
+            main: colours.first() == Some(&self.main.word()),
+            secondary: colours.iter().skip(1).any(|c| *c == self.secondary.word()),
+            pattern: words.iter().any(|w| w.starts_with(stem)),
+            detail: has(self.detail.phrases()[0]) || (self.detail.trim_is_detail() && has(self.detail.trim())),
+        }
     }
 }
 
@@ -379,6 +424,20 @@ mod tests {
                 assert!(d > 90, "{a:?} and {b:?} are only {d} apart");
             }
         }
+    }
+
+    #[test]
+    fn named_in_needs_whole_words_and_the_main_colour_first() {
+        let look = Look { kind: Kind::Lamp, main: Colour::Red, secondary: Colour::Blue, pattern: Pattern::Dots, detail: Detail::ConeShade };
+        let n = look.named_in("A red lamp with blue polka dots, a cone-shaped shade and a blue base.");
+        assert_eq!(n, Named { kind: true, main: true, secondary: true, pattern: true, detail: true });
+        // Colours swapped, another pattern, "tapered" is not "red", "lamps" is not "lamp".
+        let n = look.named_in("Shown: blue lamps, tapered, with red stripes and a round shade.");
+        assert_eq!(n, Named { kind: false, main: false, secondary: false, pattern: false, detail: false });
+        let bag = Look { kind: Kind::Bag, main: Colour::Black, secondary: Colour::Pink, pattern: Pattern::Checks, detail: Detail::Strap };
+        let n = bag.named_in("The bag is black with a pink check pattern, and it comes with a pink strap.");
+        assert_eq!(n, Named { kind: true, main: true, secondary: true, pattern: true, detail: true });
+        assert_eq!(bag.named_in(""), Named::default());
     }
 
     #[test]

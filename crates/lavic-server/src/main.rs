@@ -1,17 +1,20 @@
 //! The `lavic` binary: `serve` (the gRPC server), `healthcheck` (exit 0 iff SERVING),
 //! `recommend` (a client to try it), `catalog ...` (build and manage item catalogs), `eval`
 //! (HR@1 / VR of a model, or of a baseline, on a Reddit-Amazon conversation file), `prompt`
-//! (the exact prompts), `train distill|recommend` (LaViC's two training stages), `demo-world`
-//! (the demo world of a seed) and `dev ...` (real-size random checkpoints and probes).
+//! (the exact prompts), `train base|distill|recommend` (the demo's stage 0 and LaViC's two
+//! training stages), `demo-world` (the demo world of a seed) and `dev ...` (real-size random
+//! checkpoints and probes).
 
 mod baseline;
 mod dataset;
 mod demo_cmd;
+mod describe;
 mod dev;
 mod eval;
 mod eval_metrics;
 mod progress;
 mod prompt_cmd;
+mod train_base;
 mod train_cmd;
 mod train_data;
 mod train_loop;
@@ -53,7 +56,8 @@ enum Command {
     /// Write the demo world of a seed: items with procedurally drawn images, and train / valid /
     /// test conversations in the Reddit-Amazon format.
     DemoWorld(demo_cmd::DemoWorldArgs),
-    /// Train LaViC's two LoRA stages: `distill` (stage 1) and `recommend` (stage 2).
+    /// Train: `base` (the demo's stage 0, every parameter), then LaViC's two LoRA stages,
+    /// `distill` (stage 1) and `recommend` (stage 2).
     Train {
         /// Which stage.
         #[command(subcommand)]

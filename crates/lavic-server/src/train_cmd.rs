@@ -1,6 +1,7 @@
 //! `lavic train distill` (stage 1: visual knowledge self-distillation) and `lavic train
 //! recommend` (stage 2: recommendation fine-tuning), LaViC's two stages (`LAVIC_REFERENCE.md`
-//! sections 5 and 6) on lavic-train, with the reference's bugs fixed (docs/TRAINING.md).
+//! sections 5 and 6) on lavic-train, with the reference's bugs fixed (docs/TRAINING.md). `lavic
+//! train base` (the demo's stage 0) is in [`crate::train_base`].
 //!
 //! Stage 2 never runs the vision tower per sample: every candidate's 5 image tokens come from a
 //! catalog built with the stage-1 adapter (`--catalog`, whose encoder fingerprint must match, or
@@ -32,6 +33,9 @@ use crate::train_loop::{self, LoopSettings, Validate, Validation};
 /// `lavic train ...`.
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
+    /// Stage 0 of the demo: pre-train the tiny LLaVA-NeXT base on a demo world's `stage0.jsonl`
+    /// (every parameter, full patch tokens); `--describe` writes the stage-1 teacher texts.
+    Base(Box<crate::train_base::BaseArgs>),
     /// Stage 1: teach the 5 CLS image tokens the teacher's description (LoRA on the vision tower
     /// and projector).
     Distill(Box<DistillArgs>),
@@ -206,6 +210,7 @@ pub struct RecommendTrainArgs {
 /// Runs a `lavic train` command.
 pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
     match cmd {
+        TrainCommand::Base(a) => crate::train_base::run(&a),
         TrainCommand::Distill(a) => distill(&a),
         TrainCommand::Recommend(a) => recommend(&a),
     }

@@ -1,8 +1,10 @@
 //! Training forward of the Mistral / Llama decoder: the computation of lavic-model's
 //! `decoder.rs` (RMSNorm in f32, rotary tables `pos * inv_freq` in f32, grouped-query attention
 //! with f32 scores, optional sliding window, SiLU-gated MLP) with differentiable RMSNorm, rotary
-//! embedding and softmax, [`LoraLinear`] layers, and right-padded batches. No KV cache: a training
-//! pass sees whole sequences.
+//! embedding and softmax, [`LoraLinear`] layers, and right-padded batches. A training pass sees
+//! whole sequences; for greedy generation ([`crate::generate`]) the same layers also run
+//! incrementally over a [`KvCache`] of a right-padded prefix (ragged rows, one new token per row
+//! and step), which gives the full-sequence forward's values at those positions.
 
 use candle_core::{DType, Device, Tensor};
 use lavic_model::config::{Activation, TextConfig};
@@ -138,9 +140,15 @@ impl Decoder {
 
     /// Rotary tables `[T, D/2]` for positions `0..T` (right padding: every row starts at 0).
     fn rope_tables(&self, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
-        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
-        for p in 0..t {
+        let positions: Vec<usize> = (0..t).collect();
+        self.rope_at(&positions, device, dtype)
+    }
+
+    /// Rotary tables `[N, D/2]` for the given positions.
+    fn rope_at(&self, positions: &[usize], device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let (n, half) = (positions.len(), self.inv_freq.len());
+        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        for &p in positions {
             for &f in &self.inv_freq {
                 let a = p as f32 * f;
                 cos.push(a.cos());
@@ -148,8 +156,8 @@ impl Decoder {
             }
         }
         Ok((
-            Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?,
-            Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?,
+            Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
         ))
     }
 
@@ -189,6 +197,20 @@ impl Decoder {
 
     /// Decoder layer `i` on hidden states `x` `[B, T, H]`.
     pub fn layer(&self, i: usize, x: &Tensor, s: &LayerInputs, ctx: &mut Ctx) -> Result<Tensor> {
+        Ok(self.layer_kv(i, x, s, None, ctx)?.0)
+    }
+
+    /// Decoder layer `i` on hidden states `x` `[B, Tq, H]` whose queries attend to `past` keys
+    /// and values `[B, KV, S0, D]` (if any) followed by their own; `s.mask` is `[B, 1, Tq, S0 +
+    /// Tq]`. Returns the output and the keys (after rotary) and values of all `S0 + Tq` positions.
+    fn layer_kv(
+        &self,
+        i: usize,
+        x: &Tensor,
+        s: &LayerInputs,
+        past: Option<&(Tensor, Tensor)>,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let l = self.layers.get(i).ok_or_else(|| Error::Input(format!("no decoder layer {i}")))?;
         let (b, t) = (s.b, s.t);
         let (heads, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
@@ -198,14 +220,57 @@ impl Decoder {
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = ops::rope(&split(l.q.forward(&h, ctx)?, heads)?, &s.cos, &s.sin)?;
-        let k = ops::rope(&split(l.k.forward(&h, ctx)?, kv)?, &s.cos, &s.sin)?;
-        let v = split(l.v.forward(&h, ctx)?, kv)?;
+        let mut k = ops::rope(&split(l.k.forward(&h, ctx)?, kv)?, &s.cos, &s.sin)?;
+        let mut v = split(l.v.forward(&h, ctx)?, kv)?;
+        if let Some((pk, pv)) = past {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
         let a = ops::attention(&q, &k, &v, Some(&s.mask), scale)?.transpose(1, 2)?.reshape((b, t, heads * hd))?;
         let x1 = (x + l.o.forward(&a, ctx)?)?;
         let h2 = l.post_norm.forward(&x1)?;
         let g = Activation::Silu.apply(&l.gate.forward(&h2, ctx)?)?;
         let mlp = l.down.forward(&(g * l.up.forward(&h2, ctx)?)?, ctx)?;
-        Ok((x1 + mlp)?)
+        Ok(((x1 + mlp)?, (k, v)))
+    }
+
+    /// Hidden states `[B, T, H]` (as [`Decoder::forward`]) of a right-padded prefix, and the cache
+    /// of its keys and values for [`Decoder::decode_step`]. Inference only: the cache is
+    /// detached from the autograd graph.
+    pub fn prefill(&self, embeds: &Tensor, lens: &[usize], ctx: &mut Ctx) -> Result<(Tensor, KvCache)> {
+        let shared = self.layer_inputs(embeds, lens)?;
+        let mut x = embeds.to_dtype(self.dtype())?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for i in 0..self.layers.len() {
+            let (y, (k, v)) = self.layer_kv(i, &x, &shared, None, ctx)?;
+            layers.push((k.detach(), v.detach()));
+            x = y;
+        }
+        Ok((x, KvCache { layers, lens: lens.to_vec(), prefix: shared.t, steps: 0 }))
+    }
+
+    /// Hidden states `[B, 1, H]` of one new token per cached row (`embeds` `[B, 1, H]`): row `r`'s
+    /// token sits at position `lens[r] + steps` and sees the row's real prefix and every token
+    /// decoded after it, as in a full forward of the unpadded row. Appends its keys and values.
+    pub fn decode_step(&self, embeds: &Tensor, cache: &mut KvCache, ctx: &mut Ctx) -> Result<Tensor> {
+        let b = cache.lens.len();
+        if embeds.dims3()? != (b, 1, self.cfg.hidden_size) {
+            return Err(Error::Input(format!("decode step of shape {:?} for a cache of {b} rows", embeds.dims())));
+        }
+        let device = embeds.device();
+        let positions: Vec<usize> = cache.lens.iter().map(|l| l + cache.steps).collect();
+        let (cos, sin) = self.rope_at(&positions, device, self.dtype())?;
+        let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
+        let mask = cache.step_mask(self.cfg.sliding_window, device)?;
+        let shared = LayerInputs { cos, sin, mask, b, t: 1 };
+        let mut x = embeds.to_dtype(self.dtype())?;
+        for i in 0..self.layers.len() {
+            let (y, (k, v)) = self.layer_kv(i, &x, &shared, Some(&cache.layers[i]), ctx)?;
+            cache.layers[i] = (k.detach(), v.detach());
+            x = y;
+        }
+        cache.steps += 1;
+        Ok(x)
     }
 
     /// f32 logits `[N, vocab]` of the hidden states at flat indices `rows` (into `B * T`): the
@@ -219,6 +284,57 @@ impl Decoder {
         let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
         let normed = self.norm.forward(&picked)?;
         Ok(self.lm_head.forward(&normed, ctx)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Every layer's keys (after rotary) and values `[B, KV, S, D]` of a batch decoded so far: a
+/// right-padded prefix of `prefix` columns ([`Decoder::prefill`]), then one column per
+/// [`Decoder::decode_step`].
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    /// Real prefix length of each row.
+    lens: Vec<usize>,
+    prefix: usize,
+    steps: usize,
+}
+
+impl KvCache {
+    /// Rows in the cache.
+    pub fn rows(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Keeps only the rows `rows` (indices into the current rows), in that order.
+    pub fn keep(&mut self, rows: &[usize]) -> Result<()> {
+        if let Some(bad) = rows.iter().find(|&&r| r >= self.lens.len()) {
+            return Err(Error::Input(format!("row {bad} is outside a cache of {} rows", self.lens.len())));
+        }
+        let Some((k0, _)) = self.layers.first() else { return Ok(()) };
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), k0.device())?;
+        for (k, v) in &mut self.layers {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        self.lens = rows.iter().map(|&r| self.lens[r]).collect();
+        Ok(())
+    }
+
+    /// Additive mask `[B, 1, 1, prefix + steps + 1]` of the next decoded token: row `r`'s query at
+    /// position `lens[r] + steps` sees prefix column `k` iff `k < lens[r]`, and every decoded
+    /// column, each subject to the sliding window.
+    fn step_mask(&self, window: Option<usize>, device: &Device) -> Result<Tensor> {
+        let s = self.prefix + self.steps + 1;
+        let mut m = vec![0f32; self.lens.len() * s];
+        for (r, &len) in self.lens.iter().enumerate() {
+            let q = len + self.steps;
+            for k in 0..s {
+                let pos = if k < self.prefix { (k < len).then_some(k) } else { Some(len + k - self.prefix) };
+                if pos.is_none_or(|p| window.is_some_and(|w| q - p >= w)) {
+                    m[r * s + k] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (self.lens.len(), 1, 1, s), device)?)
     }
 }
 

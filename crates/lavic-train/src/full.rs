@@ -79,7 +79,7 @@ impl PatchEncoded {
 pub struct FullModel {
     vision: VisionTower,
     projector: Projector,
-    decoder: Decoder,
+    pub(crate) decoder: Decoder,
     /// The tokenizer with LaViC's five item tokens.
     pub tokenizer: LavicTokenizer,
     /// Image preprocessing settings of the checkpoint.
@@ -278,7 +278,7 @@ impl FullModel {
 
     /// Right-padded input embeddings `[B, T, H]` (pad `</s>`) with each patch block written over
     /// its placeholders, and row lengths.
-    fn embeds(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, Vec<usize>)> {
+    pub(crate) fn embeds(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, Vec<usize>)> {
         if batch.is_empty() {
             return Err(Error::Input("empty batch".into()));
         }
@@ -337,20 +337,9 @@ impl FullModel {
 
     /// Greedy answer (up to `max_new` tokens, stopping at `</s>`) to a stage-0 prompt about
     /// `images`. No KV cache: each step reruns the sequence (stage-0 prompts are short).
+    /// [`crate::generate`] answers many prompts at once, much faster.
     pub fn generate(&self, prompt: &str, images: &[Tensor], max_new: usize) -> Result<String> {
-        let tokens = self.tokenizer.encode(prompt)?;
-        self.check_images(&tokens, images)?;
-        let (img, n) = (self.config.image_token_index, self.patch_tokens());
-        let (mut ids, mut blocks) = (Vec::new(), Vec::new());
-        for t in tokens {
-            if t == img {
-                blocks.push(ids.len());
-                ids.extend(std::iter::repeat_n(img, n));
-            } else {
-                ids.push(t);
-            }
-        }
-        let mut e = PatchEncoded { ids, labels: Vec::new(), blocks, images: images.to_vec() };
+        let mut e = self.encode_prompt(prompt, images)?;
         let mut out = Vec::new();
         let mut ctx = Ctx::eval();
         for _ in 0..max_new {
@@ -365,6 +354,23 @@ impl FullModel {
             e.ids.push(next);
         }
         Ok(self.tokenizer.decode(&out, true)?)
+    }
+
+    /// A prompt alone (no target, no `</s>`), each image token expanded to its patch block.
+    pub(crate) fn encode_prompt(&self, prompt: &str, images: &[Tensor]) -> Result<PatchEncoded> {
+        let tokens = self.tokenizer.encode(prompt)?;
+        self.check_images(&tokens, images)?;
+        let (img, n) = (self.config.image_token_index, self.patch_tokens());
+        let (mut ids, mut blocks) = (Vec::new(), Vec::new());
+        for t in tokens {
+            if t == img {
+                blocks.push(ids.len());
+                ids.extend(std::iter::repeat_n(img, n));
+            } else {
+                ids.push(t);
+            }
+        }
+        Ok(PatchEncoded { ids, labels: Vec::new(), blocks, images: images.to_vec() })
     }
 
     /// Logits `[T, vocab]` of a LaViC prompt (`<ItemImageEmb1..5>` blocks) over `views` (one

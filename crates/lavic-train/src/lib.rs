@@ -8,12 +8,14 @@
 //! [`spec`] (what is trained) -> [`linear`] (LoRA Linear) -> [`vision`] / [`decoder`] (training
 //! forward) -> [`model`] (prompts, images, loss) -> [`checkpoint`] (gradient checkpointing) ->
 //! [`optim`] -> [`trainer`] -> [`peft`]. Stage 0 (every parameter trained, images as full patch
-//! features): [`full`] -> [`stage0`] (the demo world's data) -> [`save`] (llava-hf folder).
+//! features): [`full`] -> [`stage0`] (the demo world's data) -> [`save`] (llava-hf folder), and
+//! [`generate`] (batched greedy answers with a KV cache, e.g. the stage-1 teacher texts).
 
 mod error;
 pub mod checkpoint;
 pub mod decoder;
 pub mod full;
+pub mod generate;
 pub mod linear;
 pub mod model;
 pub mod ops;

@@ -6,6 +6,7 @@ mod common;
 mod bad_input;
 mod checkpoint;
 mod forward;
+mod generate;
 mod golden;
 mod stage0;
 mod state;

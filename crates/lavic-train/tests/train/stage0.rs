@@ -18,14 +18,14 @@ use lavic_train::stage0::{examples, item_views, read_lines, Stage0Filter};
 use lavic_train::trainer::{TrainConfig, Trainer};
 
 /// A small world and its untrained tiny base, in a temporary folder.
-struct Sliver {
+pub(crate) struct Sliver {
     _dir: tempfile::TempDir,
-    world: PathBuf,
-    base: PathBuf,
+    pub(crate) world: PathBuf,
+    pub(crate) base: PathBuf,
     root: PathBuf,
 }
 
-fn sliver() -> Sliver {
+pub(crate) fn sliver() -> Sliver {
     let mut c = WorldConfig::new(3);
     c.catalog = CatalogConfig { lines_per_kind: 5, valid_lines: 1, test_lines: 1, tile: 32 };
     c.conversations = [20, 10, 10];
