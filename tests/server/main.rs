@@ -15,6 +15,7 @@ mod connections;
 mod deadline;
 mod default_dtype;
 mod demo_serve;
+mod demo_train;
 mod demo_world;
 mod decompression_bomb;
 mod empty_token;

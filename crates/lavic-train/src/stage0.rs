@@ -11,7 +11,6 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::full::{stage0_prompt, PatchExample};
-use lavic_model::prompt::ANSWER_PREFIX;
 
 /// One line of `stage0.jsonl`.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,50 +85,6 @@ pub fn examples(world: &Path, lines: &[Stage0Line], anyres: &AnyResConfig) -> Re
             }
         };
         out.push(PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![v] });
-    }
-    Ok(out)
-}
-
-/// The order of the short questions in a [`dialogue_examples`] sample: no earlier question or
-/// answer gives a later answer away (the kind is asked first because later questions name it;
-/// the detail before the trim colour, whose question names the trimmed part; yes/no before the
-/// main colour).
-pub const DIALOGUE_ORDER: [&str; 6] = ["kind", "detail", "pattern", "yes_no", "main", "trim"];
-
-/// Stage-0 examples with the image encoded once per several questions, as LLaVA's multi-turn
-/// instruction data: per item, its `describe` line alone (the single-turn format
-/// [`examples`] gives, which `--describe` generation uses) and one dialogue of its short
-/// questions in [`DIALOGUE_ORDER`]: prompt `stage0_prompt(q1)`, target
-/// `a1</s>\n{q2}\nAssistant:a2</s>...an` (`</s>` ends each answer, as in a single turn; the
-/// later questions are supervised text too). Lines of tasks outside that order, and items with
-/// one line, give single-turn examples. Items come in first-appearance order.
-pub fn dialogue_examples(world: &Path, lines: &[Stage0Line], anyres: &AnyResConfig) -> Result<Vec<PatchExample>> {
-    let mut order: Vec<&str> = Vec::new();
-    let mut by_item: HashMap<&str, Vec<&Stage0Line>> = HashMap::new();
-    for l in lines {
-        let e = by_item.entry(l.id.as_str()).or_default();
-        if e.is_empty() {
-            order.push(&l.id);
-        }
-        e.push(l);
-    }
-    let mut out = Vec::new();
-    for id in order {
-        let item = &by_item[id];
-        let views = item_views(world, id, anyres)?;
-        let rank = |t: &str| DIALOGUE_ORDER.iter().position(|x| *x == t);
-        let mut turns: Vec<&&Stage0Line> = item.iter().filter(|l| rank(&l.task).is_some()).collect();
-        turns.sort_by_key(|l| rank(&l.task));
-        for l in item.iter().filter(|l| rank(&l.task).is_none()).chain(if turns.len() == 1 { turns.clone() } else { Vec::new() }) {
-            out.push(PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![views.clone()] });
-        }
-        if turns.len() > 1 {
-            let mut target = turns[0].answer.clone();
-            for l in &turns[1..] {
-                target.push_str(&format!("</s>\n{}{ANSWER_PREFIX}{}", l.question, l.answer));
-            }
-            out.push(PatchExample { prompt: stage0_prompt(&turns[0].question), target, images: vec![views.clone()] });
-        }
     }
     Ok(out)
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Rebuilds the demo model from its seed on a CPU machine (issue 15, docs/DEMO.md): the world,
+# stage 0 (the base model, every parameter, full patch tokens), the base model's own item
+# descriptions, stage 1 (`lavic train distill`: the 5 CLS tokens learn those descriptions),
+# stage 2 (`lavic train recommend`), evaluation on the test split in both modes, the ablations
+# (titles only, no self-distillation) and the baselines. Every stage's wall time goes to
+# OUT/times.tsv and every summary to OUT/results/.
+#
+#   scripts/train-demo.sh [--smoke] [--install] [--skip-ablations] [OUT]
+#
+#   OUT               work folder (default target/demo-train); must not hold a finished run
+#   --smoke           a sliver of a small world and a few steps of each stage (CI's smoke test)
+#   --install         copy the result into demo/ (what `lavic serve` serves with no arguments)
+#   --skip-ablations  only the LaViC pipeline and the baselines
+#
+# Knobs (environment): SEED (15), BASE_STEPS (1700), DISTILL_EPOCHS (5), RECOMMEND_EPOCHS (1),
+# LAVIC (a built lavic binary; default: cargo build of the dev profile, whose dependencies are
+# optimised). Resuming: stage 0 keeps its optimizer state in OUT/base-state, so rerunning after
+# an interruption continues stage 0; later stages restart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=0 INSTALL=0 ABLATIONS=1 OUT=target/demo-train
+for a in "$@"; do
+  case "$a" in
+    --smoke) SMOKE=1 ;;
+    --install) INSTALL=1 ;;
+    --skip-ablations) ABLATIONS=0 ;;
+    -*) echo "unknown flag $a" >&2; exit 2 ;;
+    *) OUT=$a ;;
+  esac
+done
+SEED=${SEED:-15}
+if [ -z "${LAVIC:-}" ]; then
+  cargo build -q -p lavic-server --bin lavic
+  LAVIC=target/debug/lavic
+fi
+mkdir -p "$OUT/results"
+TIMES=$OUT/times.tsv
+[ -f "$TIMES" ] || printf 'stage\tseconds\n' > "$TIMES"
+
+# stage NAME CMD...: runs CMD, appends its wall time; skipped when OUT/NAME.done exists.
+stage() {
+  local name=$1; shift
+  if [ -f "$OUT/$name.done" ]; then echo "== $name: done before, skipped"; return; fi
+  echo "== $name: $*"
+  local t0=$SECONDS
+  "$@"
+  printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$TIMES"
+  touch "$OUT/$name.done"
+}
+
+if [ $SMOKE = 1 ]; then
+  WORLD_ARGS=(--lines-per-kind 3 --valid-lines 1 --test-lines 1 --train 24 --valid 6 --test 6)
+  BASE_ARGS=(--steps "${BASE_STEPS:-6}" --batch 4 --eval 8 --answers 2 --limit 60)
+  DISTILL_ARGS=(--max-steps 4 --batch-size 4 --valid-items "$OUT/teacher.jsonl")
+  RECOMMEND_ARGS=(--max-steps 4 --batch-size 2 --eval-batch 6)
+else
+  WORLD_ARGS=()
+  BASE_ARGS=(--steps "${BASE_STEPS:-1700}" --batch 16 --eval 64 --answers 64)
+  DISTILL_ARGS=(--epochs "${DISTILL_EPOCHS:-5}" --batch-size 8)
+  RECOMMEND_ARGS=(--epochs "${RECOMMEND_EPOCHS:-1}" --batch-size 8)
+fi
+W=$OUT/world
+
+# The world and the untrained base (tile 32: 4x4 patches of 8 px per view).
+stage world "$LAVIC" demo-world --seed "$SEED" --tile 32 --out "$W" --base "$OUT/base0" "${WORLD_ARGS[@]}"
+
+# Stage 0: every parameter, each image as 5 views x 16 patch tokens; saved in f16 (what ships);
+# then every item's own greedy description (the stage-1 teacher).
+stage base "$LAVIC" train base --world "$W" --base "$OUT/base0" --out "$OUT/model" "${BASE_ARGS[@]}" \
+  --lr 2e-3 --warmup 30 --dtype f16 --state "$OUT/base-state" --save-every 100 --log "$OUT/base.log" \
+  --log-every 20 --describe "$OUT/teacher.jsonl"
+cp "$OUT/teacher.jsonl.summary.json" "$OUT/results/teacher.summary.json"
+
+# Stage 1 (LaViC self-distillation): vision tower + projector LoRA, the language model frozen.
+LORA=(--lora-r 16 --lora-alpha 32 --lr 1e-3 --progress log --log-every 10)
+stage distill "$LAVIC" train distill --model "$OUT/model" --items "$OUT/teacher.jsonl" --images "$W/images" \
+  --out "$OUT/vision" "${DISTILL_ARGS[@]}" "${LORA[@]}"
+
+# Stage 2 on items: IMAGES is the folder, ITEMS the items file; VISION the stage-1 adapter or "".
+recommend() {
+  local out=$1 items=$2 images=$3 vision=$4
+  local extra=(); [ -n "$vision" ] && extra=(--vision-adapter "$vision")
+  "$LAVIC" train recommend --model "$OUT/model" "${extra[@]}" --data "$W/train.jsonl" --valid "$W/valid.jsonl" \
+    --items "$items" --images "$images" --out "$out" "${RECOMMEND_ARGS[@]}" "${LORA[@]}" --lora-dropout 0.05
+}
+# eval NAME MODE ITEMS IMAGES VISION LM: the test split, summary in OUT/results/NAME.json.
+evaluate() {
+  local name=$1 mode=$2 items=$3 images=$4 vision=$5 lm=$6
+  local extra=(); [ -n "$vision" ] && extra=(--vision-adapter "$vision")
+  "$LAVIC" eval --progress off --model "$OUT/model" "${extra[@]}" --lm-adapter "$lm" --data "$W/test.jsonl" \
+    --items "$items" --images "$images" --mode "$mode" --out "$OUT/results/$name.jsonl" --summary "$OUT/results/$name.json"
+}
+
+stage recommend recommend "$OUT/lm" "$W/items.jsonl" "$W/images" "$OUT/vision/best"
+stage eval-free evaluate lavic-free free "$W/items.jsonl" "$W/images" "$OUT/vision/best" "$OUT/lm/best"
+stage eval-default evaluate lavic-default default "$W/items.jsonl" "$W/images" "$OUT/vision/best" "$OUT/lm/best"
+for b in random title-similarity; do
+  stage "baseline-$b" "$LAVIC" eval --progress off --baseline "$b" --data "$W/test.jsonl" --items "$W/items.jsonl" \
+    --out "$OUT/results/$b.jsonl" --summary "$OUT/results/$b.json"
+done
+
+if [ $ABLATIONS = 1 ]; then
+  # Titles only: every item's image is one blank white picture, so the 5 image tokens carry
+  # nothing; prompt, stages and hyperparameters are otherwise the same.
+  mkdir -p "$OUT/blank"
+  if [ ! -f "$OUT/blank/items.jsonl" ]; then
+    # a 64x64 white PNG
+    echo 'iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJAAAATUlEQVR42u3PQQ0AAAgEILV/5zOFDzdoQCepz6aeExAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQELi3cqoDfaKuZM4AAAAASUVORK5CYII=' \
+      | base64 -d > "$OUT/blank/white.png"
+    sed -E 's/"image":"[^"]*"/"image":"white.png"/' "$W/items.jsonl" > "$OUT/blank/items.jsonl"
+  fi
+  stage titles-only recommend "$OUT/lm-titles" "$OUT/blank/items.jsonl" "$OUT/blank" "$OUT/vision/best"
+  stage eval-titles-only evaluate titles-only-free free "$OUT/blank/items.jsonl" "$OUT/blank" "$OUT/vision/best" "$OUT/lm-titles/best"
+  # Without self-distillation: stage 2 over the untuned tower (no stage-1 adapter).
+  stage no-distill recommend "$OUT/lm-nodistill" "$W/items.jsonl" "$W/images" ""
+  stage eval-no-distill evaluate no-distill-free free "$W/items.jsonl" "$W/images" "" "$OUT/lm-nodistill/best"
+fi
+
+if [ $INSTALL = 1 ]; then
+  rm -rf demo.new && mkdir -p demo.new/adapters
+  cp -r "$W" demo.new/world
+  rm -f demo.new/world/*.done
+  cp -r "$OUT/model" demo.new/model
+  cp -r "$OUT/vision/best" demo.new/adapters/vision
+  cp -r "$OUT/lm/best" demo.new/adapters/lm
+  mkdir -p demo.new/results && cp "$OUT"/results/*.json "$TIMES" demo.new/results/
+  rm -rf demo.old; [ -d demo ] && mv demo demo.old
+  mv demo.new demo && rm -rf demo.old
+  du -sh demo
+fi
+echo "== finished: $OUT (times in $TIMES)"
+cat "$TIMES"
