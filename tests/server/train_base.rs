@@ -100,6 +100,8 @@ fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load
         &s(&desc),
         "--describe-max-tokens",
         "30",
+        "--describe-teacher",
+        "usable",
         "--log",
         &s(&log),
         "--state",
@@ -143,6 +145,8 @@ fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load
     assert_eq!(summary["equal_to_generator"].as_u64(), Some(equal as u64));
     let n = |k: &str| summary[k].as_u64().unwrap();
     assert_eq!(n("from_model") + n("empty") + n("no_eos"), n("items"));
+    assert_eq!((n("usable"), n("not_correct")), (model as u64, 0), "usable mode uses every usable text: {summary}");
+    assert!(n("all_named") <= model as u64);
     assert!(model > 0 && n("from_model") < n("items"), "both teachers occur: {summary}");
     for k in ["kind", "main", "secondary", "pattern", "detail"] {
         assert!(summary["named"][k].as_u64().unwrap() <= model, "{summary}");
@@ -192,8 +196,17 @@ fn train_base_with_zero_steps_only_evaluates_saves_and_describes() {
     assert!(out.join("model.safetensors").is_file() && out.join("config.json").is_file());
     let items = std::fs::read_to_string(world.join("items.jsonl")).unwrap().lines().count();
     assert_eq!(std::fs::read_to_string(&desc).unwrap().lines().count(), items);
-    let summary = ev.iter().find(|v| v["event"] == "described").unwrap();
-    assert_eq!(summary["summary"]["items"].as_u64(), Some(items as u64));
+    let summary = &ev.iter().find(|v| v["event"] == "described").unwrap()["summary"];
+    assert_eq!(summary["items"].as_u64(), Some(items as u64));
+    // The default teacher rule (`correct`): a model text is used only where it names every
+    // true attribute; every other usable text is counted as not correct.
+    let n = |k: &str| summary[k].as_u64().unwrap();
+    assert_eq!(summary["require_correct"], true);
+    assert_eq!(n("from_model"), n("all_named"), "{summary}");
+    assert_eq!(n("from_model") + n("not_correct"), n("usable"), "{summary}");
+    assert_eq!(n("usable") + n("empty") + n("no_eos"), n("items"), "{summary}");
+    let used = std::fs::read_to_string(&desc).unwrap().lines().filter(|l| l.contains("\"teacher\":\"model\"")).count();
+    assert_eq!(used as u64, n("from_model"));
 }
 
 #[test]

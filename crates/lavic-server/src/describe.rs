@@ -32,6 +32,9 @@ pub struct DescribeSettings {
     pub max_tokens: usize,
     /// Items per generation pass.
     pub batch: usize,
+    /// Use a model text only where it names every true attribute of the item (kind, both
+    /// colours, pattern, detail); otherwise any usable text is used.
+    pub require_correct: bool,
 }
 
 /// How many model texts name each true attribute.
@@ -62,10 +65,18 @@ pub struct DescribeSummary {
     pub empty: usize,
     /// Items that kept the generator's description because the model gave no `</s>` in time.
     pub no_eos: usize,
-    /// Model texts exactly equal to the generator's description.
+    /// Usable model texts (non-empty, ended by `</s>`).
+    pub usable: usize,
+    /// Usable model texts not used because they miss a true attribute (with `require_correct`).
+    pub not_correct: usize,
+    /// Whether only model texts naming every true attribute were used.
+    pub require_correct: bool,
+    /// Usable model texts exactly equal to the generator's description.
     pub equal_to_generator: usize,
-    /// Model texts naming each true attribute (out of `from_model`).
+    /// Usable model texts naming each true attribute (out of `usable`).
     pub named: NamedCounts,
+    /// Usable model texts naming every true attribute.
+    pub all_named: usize,
     /// Token budget of a description.
     pub max_tokens: usize,
     /// Seconds the descriptions took.
@@ -180,7 +191,13 @@ pub fn run(model: &FullModel, world: &Path, s: &DescribeSettings) -> anyhow::Res
     let items_path = world.join("items.jsonl");
     let items = read_items(&items_path)?;
     let questions = describe_questions(world)?;
-    let mut sum = DescribeSummary { file: s.out.display().to_string(), items: items.len(), max_tokens: s.max_tokens, ..Default::default() };
+    let mut sum = DescribeSummary {
+        file: s.out.display().to_string(),
+        items: items.len(),
+        max_tokens: s.max_tokens,
+        require_correct: s.require_correct,
+        ..Default::default()
+    };
     let mut lines = Vec::with_capacity(items.len());
     let mut progress = Progress::new("items", items.len(), ProgressArg::Auto);
     for chunk in items.chunks(s.batch.max(1)) {
@@ -197,15 +214,22 @@ pub fn run(model: &FullModel, world: &Path, s: &DescribeSettings) -> anyhow::Res
             let usable = a.finished && !text.is_empty();
             sum.empty += (a.finished && text.is_empty()) as usize;
             sum.no_eos += !a.finished as usize;
-            let new = if usable {
-                sum.from_model += 1;
+            let mut correct = false;
+            if usable {
+                sum.usable += 1;
                 sum.equal_to_generator += (text == it.description) as usize;
                 let n = it.look.named_in(text);
                 let c = &mut sum.named;
                 (c.kind, c.main, c.secondary) = (c.kind + n.kind as usize, c.main + n.main as usize, c.secondary + n.secondary as usize);
                 (c.pattern, c.detail) = (c.pattern + n.pattern as usize, c.detail + n.detail as usize);
+                correct = n.kind && n.main && n.secondary && n.pattern && n.detail;
+                sum.all_named += correct as usize;
+            }
+            let new = if usable && (correct || !s.require_correct) {
+                sum.from_model += 1;
                 rewrite_line(line, text, "model")
             } else {
+                sum.not_correct += usable as usize;
                 rewrite_line(line, &it.description, "generator")
             };
             lines.push(new.with_context(|| format!("{}: item {}", items_path.display(), it.id))?);

@@ -60,6 +60,15 @@ pub enum TaskArg {
     YesNo,
 }
 
+/// `--describe-teacher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DescribeTeacher {
+    /// Model texts that name every true attribute.
+    Correct,
+    /// Any usable model text.
+    Usable,
+}
+
 /// `--dtype` of the saved weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SaveDtype {
@@ -139,6 +148,12 @@ pub struct BaseArgs {
     /// Most tokens of a model description; one without `</s>` by then is not used.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub describe_max_tokens: u64,
+    /// Which model descriptions become stage-1 teacher texts: `correct`, only those naming every
+    /// true attribute of the item (the kind, both colours, the pattern and the detail: "where it
+    /// can produce them"); `usable`, any non-empty text ended by `</s>`. The generator's
+    /// description stays elsewhere (`"teacher": "generator"`).
+    #[arg(long, value_enum, default_value_t = DescribeTeacher::Correct)]
+    pub describe_teacher: DescribeTeacher,
     /// Items per batched generation pass.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub describe_batch: u64,
@@ -250,7 +265,12 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
         json!({"event": "saved", "out": a.out.display().to_string(), "tensors": saved.tensors, "trained": saved.trained, "bytes": saved.bytes}),
     );
     if let Some(file) = &a.describe {
-        let s = DescribeSettings { out: file.clone(), max_tokens: a.describe_max_tokens as usize, batch: a.describe_batch as usize };
+        let s = DescribeSettings {
+            out: file.clone(),
+            max_tokens: a.describe_max_tokens as usize,
+            batch: a.describe_batch as usize,
+            require_correct: a.describe_teacher == DescribeTeacher::Correct,
+        };
         let summary = describe::run(&model, &a.world, &s)?;
         event(json!({"event": "described", "summary": summary}));
     }
