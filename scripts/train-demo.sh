@@ -13,7 +13,8 @@
 #   --install         copy the result into demo/ (what `lavic serve` serves with no arguments)
 #   --skip-ablations  only the LaViC pipeline and the baselines
 #
-# Knobs (environment): SEED (15), DISTILL_EPOCHS (5), RECOMMEND_EPOCHS (1), LAVIC (a built lavic
+# Knobs (environment): SEED (15), BASE_STEPS_D (150), DISTILL_EPOCHS (3), RECOMMEND_STEPS (120
+# steps of 8 conversations, about half an epoch, for LaViC and both ablations alike), LAVIC (a built lavic
 # binary; default: cargo build of the dev profile, whose dependencies are optimised). Rerunning
 # into the same OUT skips the stages already finished (OUT/NAME.done); an interrupted stage
 # restarts.
@@ -59,9 +60,9 @@ if [ $SMOKE = 1 ]; then
 else
   WORLD_ARGS=()
   BASE_ARGS=(--batch 16 --eval 64 --answers 64)
-  BASE_STEPS_A=900 BASE_STEPS_B=150 BASE_STEPS_C=600 BASE_STEPS_D=${BASE_STEPS_D:-300}
-  DISTILL_ARGS=(--epochs "${DISTILL_EPOCHS:-5}" --batch-size 8)
-  RECOMMEND_ARGS=(--epochs "${RECOMMEND_EPOCHS:-1}" --batch-size 8)
+  BASE_STEPS_A=900 BASE_STEPS_B=150 BASE_STEPS_C=600 BASE_STEPS_D=${BASE_STEPS_D:-150}
+  DISTILL_ARGS=(--epochs "${DISTILL_EPOCHS:-3}" --batch-size 8)
+  RECOMMEND_ARGS=(--max-steps "${RECOMMEND_STEPS:-120}" --batch-size 8)
 fi
 W=$OUT/world
 

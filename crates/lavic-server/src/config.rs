@@ -3,8 +3,9 @@
 //!
 //! Flags and environment variables are read by clap ([`ServeArgs`]: every flag has its `LAVIC_*`
 //! twin); the TOML file uses the field names of [`Config`]. With no model folder configured the
-//! server runs an embedded demo (`demo`): the trained demo world of `demo/` (default) or the tiny
-//! fixture model with its five-item catalog (`fixture`).
+//! server runs an embedded demo (`demo`): the tiny fixture model with its five-item catalog
+//! (`fixture`, the default until a trained demo is shipped) or the demo world of `demo/`
+//! (`world`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -172,8 +173,9 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// llava-hf checkpoint folder; none: the embedded demo named by `demo`.
     pub model_dir: Option<PathBuf>,
-    /// The embedded demo served when `model_dir` is unset: `world` (the trained demo of `demo/`)
-    /// or `fixture` (the tiny fixture model and five items).
+    /// The embedded demo served when `model_dir` is unset: `fixture` (the tiny fixture model and
+    /// five items; the default until `demo/` ships a trained model) or `world` (the demo of
+    /// `demo/` or `demo_dir`).
     pub demo: DemoKind,
     /// Folder of the world demo (`model/`, `adapters/vision/`, `adapters/lm/`, `world/`); none:
     /// `demo/` next to the sources the binary was built from, then `./demo`.
@@ -279,7 +281,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             model_dir: None,
-            demo: DemoKind::World,
+            demo: DemoKind::default(),
             demo_dir: None,
             tokenizer: None,
             vision_adapter: None,
@@ -346,7 +348,7 @@ pub struct ServeArgs {
     /// llava-hf checkpoint folder [default: the embedded demo model].
     #[arg(long, env = "LAVIC_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
-    /// Embedded demo served without --model-dir: world (trained, demo/) or fixture (tiny) [default: world].
+    /// Embedded demo served without --model-dir: fixture (tiny) or world (demo/) [default: fixture].
     #[arg(long, env = "LAVIC_DEMO", value_enum)]
     pub demo: Option<DemoKind>,
     /// Folder of the world demo [default: demo/ beside the sources, then ./demo].
@@ -762,16 +764,16 @@ mod tests {
     }
 
     #[test]
-    fn the_world_demo_is_the_default_and_the_fixture_demo_a_choice() {
+    fn the_fixture_demo_is_the_default_and_the_world_demo_a_choice() {
         let c = Config::resolve(&ServeArgs::default()).unwrap();
-        assert_eq!((c.demo, c.demo_dir.as_deref(), c.is_demo()), (DemoKind::World, None, true));
+        assert_eq!((c.demo, c.demo_dir.as_deref(), c.is_demo()), (DemoKind::Fixture, None, true));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lavic.toml");
-        std::fs::write(&path, "demo = \"fixture\"\ndemo_dir = \"/srv/demo\"\n").unwrap();
+        std::fs::write(&path, "demo = \"world\"\ndemo_dir = \"/srv/demo\"\n").unwrap();
         let c = Config::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap();
-        assert_eq!((c.demo, c.demo_dir.as_deref()), (DemoKind::Fixture, Some(Path::new("/srv/demo"))));
-        let c = Config::resolve(&ServeArgs { config: Some(path.clone()), demo: Some(DemoKind::World), ..Default::default() }).unwrap();
-        assert_eq!(c.demo, DemoKind::World, "the flag beats the file");
+        assert_eq!((c.demo, c.demo_dir.as_deref()), (DemoKind::World, Some(Path::new("/srv/demo"))));
+        let c = Config::resolve(&ServeArgs { config: Some(path.clone()), demo: Some(DemoKind::Fixture), ..Default::default() }).unwrap();
+        assert_eq!(c.demo, DemoKind::Fixture, "the flag beats the file");
         std::fs::write(&path, "demo = \"tiny\"\n").unwrap();
         let err = Config::resolve(&ServeArgs { config: Some(path), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("tiny"), "{err}");
