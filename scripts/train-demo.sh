@@ -10,10 +10,10 @@
 #
 #   OUT               work folder (default target/demo-train); must not hold a finished run
 #   --smoke           a sliver of a small world and a few steps of each stage (CI's smoke test)
-#   --install         copy the result into demo/ (what `lavic serve` serves with no arguments)
+#   --install         copy the result into demo/ (what `LAVIC_DEMO=world lavic serve` serves)
 #   --skip-ablations  only the LaViC pipeline and the baselines
 #
-# Knobs (environment): SEED (15), BASE_STEPS_D (150), DISTILL_EPOCHS (3), RECOMMEND_STEPS (120
+# Knobs (environment): DEVICE (cpu; cuda with a binary built with --features cuda), SEED (15), BASE_STEPS_D (150), DISTILL_EPOCHS (3), RECOMMEND_STEPS (120
 # steps of 8 conversations, about half an epoch, for LaViC and both ablations alike), LAVIC (a built lavic
 # binary; default: cargo build of the dev profile, whose dependencies are optimised). Rerunning
 # into the same OUT skips the stages already finished (OUT/NAME.done); an interrupted stage
@@ -32,6 +32,7 @@ for a in "$@"; do
   esac
 done
 SEED=${SEED:-15}
+DEVICE=${DEVICE:-cpu}
 if [ -z "${LAVIC:-}" ]; then
   cargo build -q -p lavic-server --bin lavic
   LAVIC=target/debug/lavic
@@ -72,12 +73,12 @@ stage world "$LAVIC" demo-world --seed "$SEED" --tile 32 --out "$W" --base "$OUT
 # Stage 0, in four runs of `lavic train base` (every parameter trains; see docs/DEMO.md for why):
 #   a: all tasks, each image as 5 views x 16 patch tokens, lr 2e-3;
 #   b, c: the six short visual questions only, patches average-pooled 2x2 (5 x 4 tokens), lr 1e-3;
-#   d: all tasks again (pooled), lr 5e-4; saved in f16 (what ships), then every item's own
+#   d: all tasks again (pooled), lr 5e-4; saved in f16 (what would ship), then every item's own
 #      greedy description, used as the stage-1 teacher where it names every true attribute.
 SHORT=main,trim,pattern,detail,kind,yes_no
 base_phase() {
   local name=$1 from=$2 to=$3 steps=$4; shift 4
-  stage "base-$name" "$LAVIC" train base --world "$W" --base "$from" --out "$to" --steps "$steps" \
+  stage "base-$name" "$LAVIC" train base --device "$DEVICE" --world "$W" --base "$from" --out "$to" --steps "$steps" \
     "${BASE_ARGS[@]}" --log "$OUT/base-$name.log" --log-every 50 "$@"
 }
 base_phase a "$OUT/base0" "$OUT/base-a" "$((BASE_STEPS_A))" --lr 2e-3 --warmup 30
@@ -88,7 +89,7 @@ base_phase d "$OUT/base-c" "$OUT/model" "$((BASE_STEPS_D))" --pool 2 --lr 5e-4 -
 cp "$OUT/teacher.jsonl.summary.json" "$OUT/results/teacher.summary.json"
 
 # Stage 1 (LaViC self-distillation): vision tower + projector LoRA, the language model frozen.
-LORA=(--lora-r 16 --lora-alpha 32 --lr 1e-3 --progress log --log-every 10)
+LORA=(--lora-r 16 --lora-alpha 32 --lr 1e-3 --progress log --log-every 10 --device "$DEVICE")
 stage distill "$LAVIC" train distill --model "$OUT/model" --items "$OUT/teacher.jsonl" --images "$W/images" \
   --out "$OUT/vision" "${DISTILL_ARGS[@]}" "${LORA[@]}"
 
@@ -103,7 +104,7 @@ recommend() {
 evaluate() {
   local name=$1 mode=$2 items=$3 images=$4 vision=$5 lm=$6
   local extra=(); [ -n "$vision" ] && extra=(--vision-adapter "$vision")
-  "$LAVIC" eval --progress off --model "$OUT/model" "${extra[@]}" --lm-adapter "$lm" --data "$W/test.jsonl" \
+  "$LAVIC" eval --progress off --device "$DEVICE" --model "$OUT/model" "${extra[@]}" --lm-adapter "$lm" --data "$W/test.jsonl" \
     --items "$items" --images "$images" --mode "$mode" --out "$OUT/results/$name.jsonl" --summary "$OUT/results/$name.json"
 }
 

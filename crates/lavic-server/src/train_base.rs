@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, ValueEnum};
 use lavic_train::full::{FullModel, PatchEncoded, PatchExample};
 use lavic_train::generate::Question;
@@ -141,6 +141,9 @@ pub struct BaseArgs {
     /// FILE.summary.json.
     #[arg(long)]
     pub describe: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (a binary built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Average-pool each view's patch features over `pool x pool` windows (1: every patch;
     /// must divide the patch grid). The demo uses 2: 16 tokens per view, ~3x faster.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -222,7 +225,8 @@ fn answers(model: &FullModel, lines: &[Stage0Line], exs: &[PatchExample], n: usi
 /// Runs `lavic train base`.
 pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
     check_paths(a)?;
-    let model = FullModel::load(&a.base, None, &Device::Cpu)
+    let device = lavic_model::model::parse_device(&a.device).context("--device")?;
+    let model = FullModel::load(&a.base, None, &device)
         .with_context(|| format!("--base {}", a.base.display()))?
         .with_pool(a.pool as usize)
         .context("--pool")?;
