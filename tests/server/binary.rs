@@ -110,7 +110,7 @@ fn flags_beat_environment_beat_toml_beat_defaults() {
         .env("LAVIC_MAX_BATCH", "5")
         .env("LAVIC_QUEUE_CAPACITY", "9")
         .env("LAVIC_CATALOG_TOKEN", "hunter2")
-        .env("LAVIC_DEMO", "fixture")
+        .env("LAVIC_DEMO", "world")
         .env_remove("LAVIC_DEMO_DIR")
         .output()
         .unwrap();
@@ -122,10 +122,10 @@ fn flags_beat_environment_beat_toml_beat_defaults() {
     assert_eq!(printed["log_format"].as_str(), Some("json"));
     assert_eq!(printed["shutdown_grace_secs"].as_integer(), Some(20), "default");
     assert_eq!(printed["catalog_token"].as_str(), Some("***"), "the token is never printed");
-    assert_eq!(printed["demo"].as_str(), Some("fixture"), "LAVIC_DEMO");
+    assert_eq!(printed["demo"].as_str(), Some("world"), "LAVIC_DEMO");
     let out = Command::new(LAVIC).args(["serve", "--print-config"]).env_remove("LAVIC_DEMO").env_remove("LAVIC_CONFIG").output().unwrap();
     let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
-    assert_eq!(printed["demo"].as_str(), Some("world"), "the world demo is the default");
+    assert_eq!(printed["demo"].as_str(), Some("fixture"), "the fixture demo is the default until demo/ ships a trained model");
 
     let out = Command::new(LAVIC).args(["serve", "--print-config"]).env("LAVIC_DTYPE", "fp8").output().unwrap();
     assert!(!out.status.success(), "an invalid LAVIC_DTYPE must be refused");
