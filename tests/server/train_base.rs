@@ -145,8 +145,8 @@ fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load
     assert_eq!(summary["equal_to_generator"].as_u64(), Some(equal as u64));
     let n = |k: &str| summary[k].as_u64().unwrap();
     assert_eq!(n("from_model") + n("empty") + n("no_eos"), n("items"));
-    assert_eq!((n("usable"), n("not_correct")), (model as u64, 0), "usable mode uses every usable text: {summary}");
-    assert!(n("all_named") <= model as u64);
+    assert_eq!((n("usable"), n("not_correct")), (model, 0), "usable mode uses every usable text: {summary}");
+    assert!(n("all_named") <= model);
     assert!(model > 0 && n("from_model") < n("items"), "both teachers occur: {summary}");
     for k in ["kind", "main", "secondary", "pattern", "detail"] {
         assert!(summary["named"][k].as_u64().unwrap() <= model, "{summary}");

@@ -203,7 +203,7 @@ impl FullModel {
     /// `pool` must divide the patch grid.
     pub fn with_pool(mut self, pool: usize) -> Result<Self> {
         let g = self.config.vision.grid();
-        if pool == 0 || g % pool != 0 {
+        if pool == 0 || !g.is_multiple_of(pool) {
             return Err(Error::Input(format!("pool {pool} does not divide the {g}x{g} patch grid")));
         }
         self.pool = pool;

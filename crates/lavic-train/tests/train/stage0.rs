@@ -205,10 +205,8 @@ fn pooled_patch_features_are_window_means_of_the_full_ones_projected() {
     for view in &hs {
         for r in (0..g).step_by(2) {
             for c in (0..g).step_by(2) {
-                for k in 0..d {
-                    let cell = |rr: usize, cc: usize| view[1 + rr * g + cc][k];
-                    rows.push((cell(r, c) + cell(r, c + 1) + cell(r + 1, c) + cell(r + 1, c + 1)) / 4.0);
-                }
+                let cells = [&view[1 + r * g + c], &view[1 + r * g + c + 1], &view[1 + (r + 1) * g + c], &view[1 + (r + 1) * g + c + 1]];
+                rows.extend((0..d).map(|k| cells.iter().map(|cell| cell[k]).sum::<f32>() / 4.0));
             }
         }
     }
