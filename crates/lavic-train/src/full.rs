@@ -29,7 +29,7 @@ use lavic_model::LavicTokenizer;
 use crate::decoder::Decoder;
 use crate::error::{Error, Result};
 use crate::linear::{Builder, Ctx, Params};
-use crate::model::{head_loss, target_rows, IGNORE};
+use crate::model::{head_loss, splice_row, target_rows, IGNORE};
 use crate::rng::Rng;
 use crate::spec::{LoraSpec, Targets};
 use crate::trainer::Objective;
@@ -289,26 +289,18 @@ impl FullModel {
             true => None,
             false => Some(self.patch_features(&Tensor::cat(&images, 0)?, ctx)?),
         };
-        let n = self.patch_tokens();
         let (pad, mut img, mut rows) = (self.tokenizer.eos_id(), 0usize, Vec::with_capacity(batch.len()));
         for e in batch {
             let mut ids = e.ids.clone();
             ids.resize(t, pad);
             let emb = self.decoder.embed(&ids, &self.device)?;
-            let (mut pieces, mut at) = (Vec::new(), 0usize);
+            let mut blocks = Vec::with_capacity(e.blocks.len());
             for &pos in &e.blocks {
                 let f = feats.as_ref().ok_or_else(|| Error::Input("patch blocks without images".into()))?;
-                if pos > at {
-                    pieces.push(emb.narrow(0, at, pos - at)?);
-                }
-                pieces.push(f.get(img)?.to_dtype(emb.dtype())?);
+                blocks.push((pos, f.get(img)?));
                 img += 1;
-                at = pos + n;
             }
-            if at < t {
-                pieces.push(emb.narrow(0, at, t - at)?);
-            }
-            rows.push(Tensor::cat(&pieces, 0)?);
+            rows.push(splice_row(&emb, &blocks)?);
         }
         Ok((Tensor::stack(&rows, 0)?, lens))
     }

@@ -297,23 +297,15 @@ impl TrainModel {
             let mut ids = e.ids.clone();
             ids.resize(t, pad);
             let emb = self.decoder.embed(&ids, &self.device)?;
-            let mut pieces = Vec::new();
-            let mut at = 0usize;
+            let mut blocks = Vec::new();
             for slot in &e.slots {
                 let tokens = images.get(img).ok_or_else(|| Error::Input("image slots without images".into()))?;
                 img += 1;
                 for (k, &pos) in slot.iter().enumerate() {
-                    if pos > at {
-                        pieces.push(emb.narrow(0, at, pos - at)?);
-                    }
-                    pieces.push(tokens.narrow(0, k, 1)?.to_dtype(emb.dtype())?);
-                    at = pos + 1;
+                    blocks.push((pos, tokens.narrow(0, k, 1)?));
                 }
             }
-            if at < t {
-                pieces.push(emb.narrow(0, at, t - at)?);
-            }
-            rows.push(Tensor::cat(&pieces, 0)?);
+            rows.push(splice_row(&emb, &blocks)?);
         }
         Ok((Tensor::stack(&rows, 0)?, lens))
     }
@@ -340,6 +332,26 @@ impl TrainModel {
         let rows: Vec<u32> = (0..e.ids.len() as u32).collect();
         self.decoder.logits_at(&hidden, &rows, ctx)
     }
+}
+
+/// One row's input embeddings `[T, H]`: `emb` with each `(position, block [k, H])` of `blocks`
+/// (in position order, not overlapping) written over rows `position..position + k`, in `emb`'s
+/// dtype. The image splice of both the LoRA model (5 CLS rows per image) and stage 0's
+/// [`crate::full::FullModel`] (one block of patch rows per image).
+pub(crate) fn splice_row(emb: &Tensor, blocks: &[(usize, Tensor)]) -> Result<Tensor> {
+    let t = emb.dim(0)?;
+    let (mut pieces, mut at) = (Vec::with_capacity(2 * blocks.len() + 1), 0usize);
+    for (pos, block) in blocks {
+        if *pos > at {
+            pieces.push(emb.narrow(0, at, pos - at)?);
+        }
+        pieces.push(block.to_dtype(emb.dtype())?);
+        at = pos + block.dim(0)?;
+    }
+    if at < t {
+        pieces.push(emb.narrow(0, at, t - at)?);
+    }
+    Ok(Tensor::cat(&pieces, 0)?)
 }
 
 /// Flat indices (into `B * T`) of the positions that predict a target token, and those tokens,
