@@ -148,74 +148,85 @@ fn preprocessor_json(tile: usize) -> Value {
 /// How a tensor starts.
 #[derive(Clone, Copy)]
 enum Init {
-    Normal,
+    /// N(0, std).
+    Normal(f64),
     Ones,
     Zeros,
 }
 
+/// transformers' `initializer_range` (the language model, projector and CLIP's embeddings).
+const RANGE: f64 = 0.02;
+
 /// A tensor to write: name, shape, init.
 type Spec = (String, Vec<usize>, Init);
 
-fn linear(v: &mut Vec<Spec>, p: String, i: usize, o: usize, bias: bool) {
-    v.push((format!("{p}.weight"), vec![o, i], Init::Normal));
+fn linear(v: &mut Vec<Spec>, p: String, i: usize, o: usize, bias: bool, std: f64) {
+    v.push((format!("{p}.weight"), vec![o, i], Init::Normal(std)));
     if bias {
         v.push((format!("{p}.bias"), vec![o], Init::Zeros));
     }
 }
 
-/// Every tensor (names as llava-hf's pre-4.52 layout).
+/// Every tensor (names as llava-hf's pre-4.52 layout), initialised as transformers does: the
+/// CLIP tower by `CLIPPreTrainedModel._init_weights` (factor 1: class embedding N(0, d^-1/2);
+/// patch and position embeddings N(0, 0.02); q/k/v and fc2 N(0, d^-1/2 (2L)^-1/2), out_proj
+/// N(0, d^-1/2), fc1 N(0, (2d)^-1/2)), whose MLPs start as rich random features of the pixels;
+/// the projector and the Mistral decoder N(0, 0.02); norms 1, biases 0.
 fn tensors(c: &BaseConfig, tile: usize, rows: usize) -> Vec<Spec> {
     use Init::*;
     let mut v: Vec<Spec> = Vec::new();
     let (vh, th) = (c.vision_hidden, c.text_hidden);
+    let d = (vh as f64).powf(-0.5);
+    let (in_std, out_std, fc_std) = (d * (2.0 * c.vision_layers as f64).powf(-0.5), d, (2.0 * vh as f64).powf(-0.5));
     let vm = "vision_tower.vision_model";
     let patches = (tile / c.patch) * (tile / c.patch);
-    v.push((format!("{vm}.embeddings.class_embedding"), vec![vh], Normal));
-    v.push((format!("{vm}.embeddings.patch_embedding.weight"), vec![vh, 3, c.patch, c.patch], Normal));
-    v.push((format!("{vm}.embeddings.position_embedding.weight"), vec![patches + 1, vh], Normal));
+    v.push((format!("{vm}.embeddings.class_embedding"), vec![vh], Normal(d)));
+    v.push((format!("{vm}.embeddings.patch_embedding.weight"), vec![vh, 3, c.patch, c.patch], Normal(RANGE)));
+    v.push((format!("{vm}.embeddings.position_embedding.weight"), vec![patches + 1, vh], Normal(RANGE)));
     for n in ["pre_layrnorm", "post_layernorm"] {
         v.push((format!("{vm}.{n}.weight"), vec![vh], Ones));
         v.push((format!("{vm}.{n}.bias"), vec![vh], Zeros));
     }
     for l in 0..c.vision_layers {
         let p = format!("{vm}.encoder.layers.{l}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            linear(&mut v, format!("{p}.self_attn.{proj}"), vh, vh, true);
+        for proj in ["q_proj", "k_proj", "v_proj"] {
+            linear(&mut v, format!("{p}.self_attn.{proj}"), vh, vh, true, in_std);
         }
-        linear(&mut v, format!("{p}.mlp.fc1"), vh, 4 * vh, true);
-        linear(&mut v, format!("{p}.mlp.fc2"), 4 * vh, vh, true);
+        linear(&mut v, format!("{p}.self_attn.out_proj"), vh, vh, true, out_std);
+        linear(&mut v, format!("{p}.mlp.fc1"), vh, 4 * vh, true, fc_std);
+        linear(&mut v, format!("{p}.mlp.fc2"), 4 * vh, vh, true, in_std);
         for n in ["layer_norm1", "layer_norm2"] {
             v.push((format!("{p}.{n}.weight"), vec![vh], Ones));
             v.push((format!("{p}.{n}.bias"), vec![vh], Zeros));
         }
     }
-    linear(&mut v, "multi_modal_projector.linear_1".into(), vh, th, true);
-    linear(&mut v, "multi_modal_projector.linear_2".into(), th, th, true);
-    v.push(("image_newline".into(), vec![th], Normal));
+    linear(&mut v, "multi_modal_projector.linear_1".into(), vh, th, true, RANGE);
+    linear(&mut v, "multi_modal_projector.linear_2".into(), th, th, true, RANGE);
+    v.push(("image_newline".into(), vec![th], Normal(RANGE)));
     let lm = "language_model.model";
     let kv = c.text_kv_heads * (th / c.text_heads);
-    v.push((format!("{lm}.embed_tokens.weight"), vec![rows, th], Normal));
+    v.push((format!("{lm}.embed_tokens.weight"), vec![rows, th], Normal(RANGE)));
     for l in 0..c.text_layers {
         let p = format!("{lm}.layers.{l}");
-        linear(&mut v, format!("{p}.self_attn.q_proj"), th, th, false);
-        linear(&mut v, format!("{p}.self_attn.k_proj"), th, kv, false);
-        linear(&mut v, format!("{p}.self_attn.v_proj"), th, kv, false);
-        linear(&mut v, format!("{p}.self_attn.o_proj"), th, th, false);
-        linear(&mut v, format!("{p}.mlp.gate_proj"), th, c.text_intermediate, false);
-        linear(&mut v, format!("{p}.mlp.up_proj"), th, c.text_intermediate, false);
-        linear(&mut v, format!("{p}.mlp.down_proj"), c.text_intermediate, th, false);
+        linear(&mut v, format!("{p}.self_attn.q_proj"), th, th, false, RANGE);
+        linear(&mut v, format!("{p}.self_attn.k_proj"), th, kv, false, RANGE);
+        linear(&mut v, format!("{p}.self_attn.v_proj"), th, kv, false, RANGE);
+        linear(&mut v, format!("{p}.self_attn.o_proj"), th, th, false, RANGE);
+        linear(&mut v, format!("{p}.mlp.gate_proj"), th, c.text_intermediate, false, RANGE);
+        linear(&mut v, format!("{p}.mlp.up_proj"), th, c.text_intermediate, false, RANGE);
+        linear(&mut v, format!("{p}.mlp.down_proj"), c.text_intermediate, th, false, RANGE);
         v.push((format!("{p}.input_layernorm.weight"), vec![th], Ones));
         v.push((format!("{p}.post_attention_layernorm.weight"), vec![th], Ones));
     }
     v.push((format!("{lm}.norm.weight"), vec![th], Ones));
-    v.push(("language_model.lm_head.weight".into(), vec![rows, th], Normal));
+    v.push(("language_model.lm_head.weight".into(), vec![rows, th], Normal(RANGE)));
     v
 }
 
-/// N(0, 0.02) by Box-Muller.
-fn normal(rng: &mut Rng) -> f32 {
+/// N(0, std) by Box-Muller.
+fn normal(rng: &mut Rng, std: f64) -> f32 {
     let (u1, u2) = (rng.unit().max(f64::MIN_POSITIVE), rng.unit());
-    (0.02 * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    (std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
 /// A safetensors file of f32 tensors (header keys sorted, data in that order, 8-byte aligned).
@@ -232,7 +243,7 @@ fn safetensors(specs: &[Spec], seed: u64) -> Vec<u8> {
         let start = data.len();
         for _ in 0..n {
             let x = match init {
-                Init::Normal => normal(&mut rng),
+                Init::Normal(std) => normal(&mut rng, *std),
                 Init::Ones => 1.0,
                 Init::Zeros => 0.0,
             };
@@ -256,12 +267,20 @@ fn safetensors(specs: &[Spec], seed: u64) -> Vec<u8> {
 /// passed by the caller).
 pub fn corpus(world: &World, extra: &[String]) -> Vec<String> {
     let mut texts: Vec<String> = extra.to_vec();
+    // Texts also as they follow a prompt: a candidate line starts after "\n", and answers (a
+    // stage-0 answer, a stage-1 description, a stage-2 id) directly after "Assistant:" with no
+    // space, so these forms get merges of their own, not only the "▁"-prefixed ones.
     for it in &world.catalog.items {
-        texts.push(format!("{}: {}", it.id, it.title));
+        texts.push(format!("\n{}: {}", it.id, it.title));
         texts.push(it.description.clone());
+        texts.push(format!("Assistant:{}", it.description));
+        texts.push(format!("Assistant:{}", it.id));
     }
-    for s in crate::stage0::samples(world.config.seed, &world.catalog) {
-        texts.push(s.question);
+    // `distill` lines are LaViC's prompt head (in `extra`), titles and descriptions: nothing new.
+    for s in crate::stage0::samples(world.config.seed, &world.catalog).into_iter().filter(|s| s.task != "distill") {
+        texts.push(format!("Assistant:{}", s.answer));
+        // a pick question's candidate lines repeat titles and ids the corpus has already
+        texts.push(s.question.lines().next().unwrap_or_default().to_string());
         texts.push(s.answer);
     }
     for convs in &world.conversations {

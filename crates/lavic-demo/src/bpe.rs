@@ -5,7 +5,8 @@
 //! SentencePiece's Llama vocabulary), the same decoder and `<s> $A` post-processor; `<unk>`,
 //! `<s>`, `</s>` are ids 0..2 and `<image>`, `<pad>` follow the vocabulary as added tokens.
 //! Merges are learned inside "▁"-prefixed words only, as SentencePiece's are, so encoding without
-//! a pre-tokenizer never merges across a space.
+//! a pre-tokenizer never merges across a space; and inside runs of letters or of punctuation, with
+//! every digit and line break a piece of its own (see [`words`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,9 +28,49 @@ impl Vocab {
     }
 }
 
-/// Words of `text` as SentencePiece sees them: split on spaces, each prefixed with "▁".
+/// Character classes whose runs merges never cross (SentencePiece's `split_by_unicode_script`
+/// and Llama/Mistral's `split_digits`, with line breaks kept apart as their byte pieces are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Letters (any script) and everything not listed below.
+    Letter,
+    /// Punctuation and symbols.
+    Punct,
+    /// A single digit or control character (never merged).
+    Alone,
+}
+
+fn class(c: char) -> Class {
+    if c.is_ascii_digit() || c.is_control() {
+        Class::Alone
+    } else if c.is_alphabetic() || c == '▁' {
+        Class::Letter
+    } else {
+        Class::Punct
+    }
+}
+
+/// Merge units of `text` as SentencePiece sees them: split on spaces, each word prefixed with
+/// "▁", then cut into runs of one [`Class`] (digits and line breaks one character each); the
+/// "▁" stays with the word's first run unless that run is a digit or a line break. So an id like
+/// `BDEMO00123` gets the same pieces after `\n` as after `Assistant:` (`BDEMO`, then one piece
+/// per digit), as in Mistral's vocabulary, and a model can copy it token by token.
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(' ').filter(|w| !w.is_empty()).map(|w| format!("▁{w}"))
+    text.split(' ').filter(|w| !w.is_empty()).flat_map(|w| {
+        let mut runs: Vec<String> = vec!["▁".to_string()];
+        let mut prev: Option<Class> = None;
+        for c in w.chars() {
+            let k = class(c);
+            // The first run takes the "▁"; a digit or line break leaves it alone.
+            let joins = k != Class::Alone && prev.is_none_or(|p| p == k);
+            match runs.last_mut() {
+                Some(run) if joins => run.push(c),
+                _ => runs.push(c.to_string()),
+            }
+            prev = Some(k);
+        }
+        runs
+    })
 }
 
 /// Learns up to `size` pieces from `texts`: the 259 specials and bytes, every character seen at
@@ -165,9 +206,9 @@ mod tests {
 
     #[test]
     fn learns_frequent_words_deterministically() {
-        let texts: Vec<String> = (0..20).map(|i| format!("a red bag {i} with a red strap")).collect();
-        let v = learn(&texts, 300);
-        assert_eq!(v, learn(&texts, 300));
+        let texts: Vec<String> = (0..20).map(|i| format!("a red bag {i} with a red strap:\nB00{i}: 10 inch")).collect();
+        let v = learn(&texts, 360);
+        assert_eq!(v, learn(&texts, 360));
         assert_eq!(&v.pieces[..3], ["<unk>", "<s>", "</s>"]);
         assert_eq!(v.pieces[3], "<0x00>");
         assert_eq!(v.pieces[258], "<0xFF>");
@@ -176,6 +217,8 @@ mod tests {
         assert!(v.pieces.iter().all(|p| p.chars().skip(1).all(|c| c != '▁')));
         let mut seen = std::collections::HashSet::new();
         assert!(v.pieces.iter().all(|p| seen.insert(p)), "duplicate piece");
+        // Digits and line breaks stay single characters; no piece mixes letters and punctuation.
+        assert!(v.pieces[259..].iter().all(|p| p.chars().count() == 1 || !p.chars().any(|c| c.is_ascii_digit() || c == '\n')));
         let j = tokenizer_json(&v);
         assert_eq!(j["added_tokens"][3]["id"], v.pieces.len());
         assert_eq!(j["model"]["merges"].as_array().unwrap().len(), v.merges.len());

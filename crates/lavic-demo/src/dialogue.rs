@@ -136,7 +136,7 @@ fn normalise(asked: &mut Vec<Attribute>, gt: &Look) {
 }
 
 /// Attributes to ask so that no twin satisfies the request.
-fn choose_ask(gt: &Look, twins: &[Look], rng: &mut Rng) -> Vec<Attribute> {
+pub(crate) fn choose_ask(gt: &Look, twins: &[Look], rng: &mut Rng) -> Vec<Attribute> {
     let mut order = Attribute::ALL;
     rng.shuffle(&mut order);
     let k = match rng.below(20) {
@@ -176,7 +176,7 @@ fn with_phrase(gt: &Look, asked: &[Attribute], rng: &mut Rng) -> Option<String> 
 }
 
 /// The noun phrase with its article.
-fn noun_phrase(gt: &Look, asked: &[Attribute], rng: &mut Rng) -> String {
+pub(crate) fn noun_phrase(gt: &Look, asked: &[Attribute], rng: &mut Rng) -> String {
     let mut words = Vec::new();
     if asked.contains(&Attribute::Main) {
         words.push(gt.main.word().to_string());
@@ -267,7 +267,7 @@ fn draft(gt: &Look, twins: &[Look], split: Split, cfg: &DialogueConfig, rng: &mu
 
 /// Ten candidates: the ground truth, its twins, same-kind items missing an asked attribute, and
 /// other kinds; all from `pool` (the split's items). None but the ground truth satisfies `asked`.
-fn candidates(catalog: &Catalog, pool: &[usize], gt: usize, asked: &[Attribute], rng: &mut Rng) -> Vec<usize> {
+pub(crate) fn candidates(catalog: &Catalog, pool: &[usize], gt: usize, asked: &[Attribute], rng: &mut Rng) -> Vec<usize> {
     let g = &catalog.items[gt];
     let mut out: Vec<usize> = catalog.lines[g.line].items.clone();
     let mut same: Vec<usize> = pool

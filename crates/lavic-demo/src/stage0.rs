@@ -3,12 +3,34 @@
 //! item is, its main and trim colours, its pattern, its shape detail, and a balanced yes/no
 //! colour question. The base model learns to see from these (with full patch tokens, as LLaVA's
 //! own pre-training does) before LaViC's stage 1 distils it into 5 tokens.
+//!
+//! Each item also gets a `distill` line: LaViC's stage-1 prompt (the title, then the image) with
+//! the teacher description as the answer, so the base has described images in the very prompt
+//! that stage 1 distils (with its image as patch tokens; stage 1 replaces them by 5 CLS tokens).
+//!
+//! And, for train-split items only, `pick` questions over several images (multi-image
+//! instruction data, as LLaVA-NeXT's interleaved data): "Which of these products is a red
+//! striped bag?" followed by 10 candidates as `{id}: {title}` and an image each, the answer the
+//! one id that fits. A general skill of a vision-language model (refer to one of several images
+//! by its label), learned here on item-side data: the questions are single generated phrases,
+//! not the world's conversations, and valid/test items never appear in them.
 
 use serde::Serialize;
 
+use crate::dialogue::{candidates, choose_ask, noun_phrase};
 use crate::items::{Catalog, Split};
 use crate::rng::Rng;
-use crate::vocab::{article, Colour};
+use crate::vocab::{article, Colour, Look};
+
+/// The image marker of a multi-image question (the base tokenizer's `<image>` added token).
+pub const IMAGE_MARKER: &str = "<image>";
+
+/// LaViC's stage-1 prompt up to the title (lavic-model's `prompt::distillation_prompt`; tested
+/// equal in `tests/world.rs`).
+pub const DISTILL_HEAD: &str = "You are a helpful assistant.\nGiven an Amazon product's title and its image, please provide a detailed, visually grounded description of the product that would help someone decide whether to purchase it. Focus on the product's appearance, features, and any other visually informative aspects. Do not mention the product's title in your answer. This product's title is: ";
+
+/// `pick` questions per train-split item.
+pub const PICKS_PER_ITEM: usize = 2;
 
 /// One question about one item's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -17,12 +39,16 @@ pub struct Sample {
     pub id: String,
     /// The item's split (filter on it to keep valid/test items unseen).
     pub split: Split,
-    /// Task name: describe, kind, main, trim, pattern, detail, yes_no.
+    /// Task name: describe, kind, main, trim, pattern, detail, yes_no, distill, pick.
     pub task: &'static str,
-    /// The question.
+    /// The question. A one-image question is asked about `id`'s image; a `pick` question holds
+    /// one [`IMAGE_MARKER`] per entry of `images`, in order.
     pub question: String,
     /// The expected answer.
     pub answer: String,
+    /// The images of a multi-image question, in order (empty: the one image of `id`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 fn options(items: &[&str]) -> String {
@@ -36,13 +62,15 @@ fn options(items: &[&str]) -> String {
 /// The samples of every item, in item order (stream `stage0` of the seed).
 pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
     let mut rng = Rng::stream(seed, "stage0");
-    let mut out = Vec::with_capacity(catalog.items.len() * 7);
-    for it in &catalog.items {
+    let mut picks = Rng::stream(seed, "stage0-pick");
+    let train: Vec<usize> = (0..catalog.items.len()).filter(|i| catalog.items[*i].split == Split::Train).collect();
+    let mut out = Vec::with_capacity(catalog.items.len() * (7 + PICKS_PER_ITEM));
+    for (index, it) in catalog.items.iter().enumerate() {
         let l = it.look;
         let kind = l.kind.noun();
         let trim = l.detail.trim();
         let mut push = |task: &'static str, question: String, answer: String| {
-            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer });
+            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer, images: Vec::new() });
         };
         push("describe", "Describe the product in the image.".into(), it.description.clone());
         push("kind", "What kind of product is this?".into(), format!("{} {kind}", article(kind)));
@@ -59,8 +87,38 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
             (rng.pick(&others), false)
         };
         push("yes_no", format!("Is the {kind} {}?", asked.word()), if yes { "yes" } else { "no" }.into());
+        out.push(Sample {
+            id: it.id.clone(),
+            split: it.split,
+            task: "distill",
+            question: format!("{DISTILL_HEAD}{}\n{IMAGE_MARKER}\n", it.title),
+            answer: it.description.clone(),
+            images: vec![it.id.clone()],
+        });
+        if it.split == Split::Train {
+            for _ in 0..PICKS_PER_ITEM {
+                out.push(pick(catalog, &train, index, &mut picks));
+            }
+        }
     }
     out
+}
+
+/// A `pick` question whose answer is item `gt`: attributes chosen as a seeker's are (until none of
+/// its visual twins fits), the 10 candidates chosen as a conversation's (all from `pool`).
+fn pick(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
+    let it = &catalog.items[gt];
+    let twins: Vec<Look> = catalog.lines[it.line].items.iter().filter(|i| **i != gt).map(|i| catalog.items[*i].look).collect();
+    let asked = choose_ask(&it.look, &twins, rng);
+    let np = noun_phrase(&it.look, &asked, rng);
+    let cands = candidates(catalog, pool, gt, &asked, rng);
+    let mut question = format!("Which of these products is {np}?\n\nCandidates:\n");
+    for c in &cands {
+        let c = &catalog.items[*c];
+        question.push_str(&format!("{}: {}\n{IMAGE_MARKER}\n", c.id, c.title));
+    }
+    let images = cands.iter().map(|c| catalog.items[*c].id.clone()).collect();
+    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer: it.id.clone(), images }
 }
 
 #[cfg(test)]
@@ -71,9 +129,32 @@ mod tests {
     #[test]
     fn answers_follow_the_truth_and_yes_no_is_balanced() {
         let c = generate(2, &CatalogConfig { lines_per_kind: 6, valid_lines: 1, test_lines: 1, tile: 64 });
-        let s = samples(2, &c);
+        let all = samples(2, &c);
+        assert_eq!(all, samples(2, &c));
+        let (s, picks): (Vec<Sample>, Vec<Sample>) = all.into_iter().partition(|x| x.task != "pick");
+        let (distill, s): (Vec<Sample>, Vec<Sample>) = s.into_iter().partition(|x| x.task == "distill");
+        assert_eq!(distill.len(), c.items.len());
+        for (d, it) in distill.iter().zip(&c.items) {
+            assert_eq!((&d.id, &d.images, &d.answer), (&it.id, &vec![it.id.clone()], &it.description));
+            assert!(d.question.starts_with(DISTILL_HEAD) && d.question.ends_with(&format!("{}\n{IMAGE_MARKER}\n", it.title)));
+        }
         assert_eq!(s.len(), 7 * c.items.len());
-        assert_eq!(s, samples(2, &c));
+        let train = c.items.iter().filter(|i| i.split == Split::Train).count();
+        assert_eq!(picks.len(), PICKS_PER_ITEM * train);
+        let by_id: std::collections::HashMap<&str, &crate::items::Item> = c.items.iter().map(|i| (i.id.as_str(), i)).collect();
+        for p in &picks {
+            // Ten train-split candidates, one marker each; the answer is a candidate, and no
+            // other candidate of its kind and line fits the attributes the question names.
+            assert_eq!(p.images.len(), 10, "{}", p.question);
+            assert_eq!(p.question.matches(IMAGE_MARKER).count(), 10);
+            assert!(p.images.contains(&p.answer) && p.id == p.answer);
+            assert!(p.images.iter().all(|i| by_id[i.as_str()].split == Split::Train));
+            let gt = by_id[p.answer.as_str()];
+            assert!(p.question.contains(gt.look.kind.noun()), "{}", p.question);
+            for other in p.images.iter().filter(|i| **i != p.answer).map(|i| by_id[i.as_str()]) {
+                assert!(other.look != gt.look, "two candidates look the same: {}", p.question);
+            }
+        }
         let mut yes = 0;
         for (it, chunk) in c.items.iter().zip(s.chunks(7)) {
             let by = |t: &str| chunk.iter().find(|x| x.task == t).map(|x| x.answer.as_str()).unwrap_or_default();

@@ -140,7 +140,8 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
     assert_eq!(manifest["seed"], 5);
     assert_eq!(manifest["summary"]["items"].as_u64().unwrap() as usize, items.len());
     let stage0 = jsonl(&out.join("stage0.jsonl"));
-    assert_eq!(stage0.len(), 7 * items.len());
+    let train = items.values().filter(|i| i["split"] == "train").count();
+    assert_eq!(stage0.len(), 8 * items.len() + lavic_demo::stage0::PICKS_PER_ITEM * train);
     for s in &stage0 {
         let it = &items[s["id"].as_str().unwrap()];
         assert_eq!(s["split"], it["split"]);
@@ -148,6 +149,19 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
             "main" => assert_eq!(s["answer"], it["look"]["main"]),
             "pattern" => assert_eq!(s["answer"], it["look"]["pattern"]),
             "describe" => assert_eq!(s["answer"], it["description"]),
+            "distill" => {
+                // LaViC's stage-1 prompt with the image marker where its 5 item tokens go.
+                let prompt = format!("{}\nAssistant:", s["question"].as_str().unwrap());
+                let title = it["title"].as_str().unwrap();
+                let want = lavic_model::prompt::distillation_prompt(title).replace(&lavic_model::prompt::image_placeholders(), "<image>");
+                assert_eq!(prompt, want);
+                assert_eq!(s["answer"], it["description"]);
+            }
+            "pick" => {
+                assert_eq!(s["answer"], s["id"]);
+                let imgs = s["images"].as_array().unwrap();
+                assert!(imgs.iter().all(|i| items[i.as_str().unwrap()]["split"] == "train") && imgs.contains(&s["id"]));
+            }
             _ => assert!(!s["answer"].as_str().unwrap().is_empty()),
         }
     }
@@ -189,6 +203,19 @@ fn the_random_base_model_loads_in_lavic_model_and_scores_a_demo_conversation() {
         assert!(!ids.contains(&0), "{text:?} has <unk>");
         assert_eq!(tok.decode(&ids, true).unwrap(), text);
     }
+    // An item id gets the same pieces in the candidate list (after "\n") as in the answer (after
+    // "Assistant:"), one piece per digit, so a recommendation can be copied token by token.
+    let id = world.catalog.items[conv.candidates_st[0]].id.as_str();
+    let prompt = lavic_model::prompt::recommendation_prompt(&conv.context, &[lavic_model::prompt::PromptCandidate { id, title: "T" }]);
+    let with_answer = tok.encode(&format!("{prompt}{id}")).unwrap();
+    let in_list = tok.encode_plain(&format!("Candidates:\n{id}: T")).unwrap();
+    let answer = &with_answer[tok.encode(&prompt).unwrap().len()..];
+    assert!(in_list.windows(answer.len()).any(|w| w == answer), "{id} is cut differently in the list: {in_list:?} vs {answer:?}");
+    let digits = id.chars().filter(char::is_ascii_digit).count();
+    let tail: Vec<String> = answer[answer.len() - digits..].iter().map(|&t| tok.decode(&[t], true).unwrap()).collect();
+    assert_eq!(tail.concat(), id[id.len() - digits..], "{id}: {answer:?}");
+    assert!(tail.iter().all(|d| d.len() == 1), "{id}: one piece per digit, got {tail:?}");
+
     // Merges learned from the world compress its text (500 pieces: about 2.5 characters a token).
     let chars = conv.context.chars().count();
     let ids = tok.encode_plain(&conv.context).unwrap();

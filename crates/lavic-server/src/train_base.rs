@@ -148,6 +148,11 @@ pub struct BaseArgs {
     /// must divide the patch grid). The demo uses 2: 16 tokens per view, ~3x faster.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub pool: u64,
+    /// Weight of the image read-out loss: each image's pooled patch features, through the final
+    /// norm and lm_head alone, must predict its answer's words (a caption bag-of-words loss
+    /// that gives the vision tower a direct gradient; 0: off). Added to the language-model loss.
+    #[arg(long, default_value_t = 0.0)]
+    pub readout: f64,
     /// Most tokens of a model description; one without `</s>` by then is not used.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub describe_max_tokens: u64,
@@ -198,7 +203,7 @@ fn filter(a: &BaseArgs) -> Stage0Filter {
 fn mean_loss(model: &FullModel, data: &[PatchEncoded]) -> anyhow::Result<f64> {
     let (mut sum, mut n) = (0f64, 0usize);
     for chunk in data.chunks(8) {
-        let (s, k) = model.loss_sum(chunk, &mut Ctx::eval())?;
+        let (s, k) = model.lm_loss_sum(chunk, &mut Ctx::eval())?;
         sum += s.to_scalar::<f32>()? as f64;
         n += k;
     }
@@ -229,7 +234,9 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
     let model = FullModel::load(&a.base, None, &device)
         .with_context(|| format!("--base {}", a.base.display()))?
         .with_pool(a.pool as usize)
-        .context("--pool")?;
+        .context("--pool")?
+        .with_readout(a.readout)
+        .context("--readout")?;
     let lines = read_lines(&a.world, &filter(a))?;
     let need = if a.steps > 0 { a.eval + 1 } else { a.eval };
     if lines.len() < need.max(1) {
@@ -250,7 +257,7 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
     let (train, held) = (encode(&train_ex)?, encode(&held_ex)?);
     let (train, held) = (&train[..], &held[..]);
     event(json!({"event": "data", "stage": "base", "train": train.len(), "held_out": held.len(), "lines": cut,
-        "parameters": model.params().numel(), "patch_tokens": model.patch_tokens(), "encode_s": t0.elapsed().as_secs_f64()}));
+        "parameters": model.params().numel(), "patch_tokens": model.patch_tokens(), "readout": a.readout, "encode_s": t0.elapsed().as_secs_f64()}));
     if !held.is_empty() {
         event(json!({"event": "held_out_loss", "when": "before", "loss": mean_loss(&model, held)?}));
     }

@@ -90,6 +90,8 @@ pub struct FullModel {
     feature_layers: usize,
     /// Side of the average-pooling window over each view's patch grid (1: every patch).
     pool: usize,
+    /// Weight of the image read-out loss ([`FullModel::with_readout`]; 0: off).
+    readout: f64,
     pub(crate) ckpt: Arc<Checkpoint>,
     pub(crate) model_dir: PathBuf,
     pub(crate) tokenizer_path: PathBuf,
@@ -170,6 +172,7 @@ impl FullModel {
             device: device.clone(),
             feature_layers,
             pool: 1,
+            readout: 0.0,
             ckpt,
             model_dir: dir,
             tokenizer_path,
@@ -213,6 +216,41 @@ impl FullModel {
     /// The pooling window side (1: none).
     pub fn pool(&self) -> usize {
         self.pool
+    }
+
+    /// Adds `weight` x the **image read-out loss** to [`FullModel::loss_sum`]: each image's
+    /// projected patch features, averaged over its patch tokens, go straight through the
+    /// decoder's final norm and `lm_head`, and must predict every token of its example's answer
+    /// (`</s>` excluded), a bag-of-words caption loss as in visual pre-training from captions
+    /// (VirTex, Tag2Text). It gives the vision tower and projector a direct gradient towards
+    /// features the language model can read ("red", "stripes", "strap") without waiting for
+    /// attention to find the image; the language-model loss is unchanged. 0 turns it off.
+    pub fn with_readout(mut self, weight: f64) -> Result<Self> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(Error::Input(format!("read-out weight {weight} must be a finite number >= 0")));
+        }
+        self.readout = weight;
+        Ok(self)
+    }
+
+    /// Summed read-out negative log-likelihood (see [`FullModel::with_readout`]) of `batch`, whose
+    /// projected patch features `[M, patch_tokens, H]` are `feats` (images in batch order).
+    pub fn readout_sum(&self, batch: &[PatchEncoded], feats: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let pooled = feats.mean(1)?.unsqueeze(0)?;
+        let eos = self.tokenizer.eos_id() as i64;
+        let (mut rows, mut targets, mut img) = (Vec::new(), Vec::new(), 0u32);
+        for e in batch {
+            let words: Vec<u32> = e.labels.iter().filter(|&&l| l != IGNORE && l != eos).map(|&l| l as u32).collect();
+            for _ in &e.images {
+                rows.extend(std::iter::repeat_n(img, words.len()));
+                targets.extend(&words);
+                img += 1;
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Tensor::zeros((), DType::F32, &self.device)?);
+        }
+        head_loss(&self.decoder, &pooled, &rows, &targets, ctx)
     }
 
     /// Checks the image count against the prompt's image tokens and each image's shape.
@@ -279,6 +317,12 @@ impl FullModel {
     /// Right-padded input embeddings `[B, T, H]` (pad `</s>`) with each patch block written over
     /// its placeholders, and row lengths.
     pub(crate) fn embeds(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, Vec<usize>)> {
+        let (embeds, lens, _) = self.embeds_and_features(batch, ctx)?;
+        Ok((embeds, lens))
+    }
+
+    /// [`FullModel::embeds`] and the batch's projected patch features (None without images).
+    fn embeds_and_features(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, Vec<usize>, Option<Tensor>)> {
         if batch.is_empty() {
             return Err(Error::Input("empty batch".into()));
         }
@@ -302,15 +346,31 @@ impl FullModel {
             }
             rows.push(splice_row(&emb, &blocks)?);
         }
-        Ok((Tensor::stack(&rows, 0)?, lens))
+        Ok((Tensor::stack(&rows, 0)?, lens, feats))
     }
 
     /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
+    /// With a read-out weight ([`FullModel::with_readout`]), its weighted sum is added (the
+    /// count stays the language model's target tokens).
     pub fn loss_sum(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
-        let (embeds, lens) = self.embeds(batch, ctx)?;
+        let (mut sum, n, feats) = self.lm_loss_parts(batch, ctx)?;
+        if let (Some(f), true) = (&feats, self.readout > 0.0) {
+            sum = (sum + (self.readout_sum(batch, f, ctx)? * self.readout)?)?;
+        }
+        Ok((sum, n))
+    }
+
+    /// The language model's part of [`FullModel::loss_sum`] alone (what held-out losses report).
+    pub fn lm_loss_sum(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
+        let (sum, n, _) = self.lm_loss_parts(batch, ctx)?;
+        Ok((sum, n))
+    }
+
+    fn lm_loss_parts(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize, Option<Tensor>)> {
+        let (embeds, lens, feats) = self.embeds_and_features(batch, ctx)?;
         let (rows, targets) = target_rows(batch.iter().map(|e| e.labels.as_slice()), embeds.dim(1)?)?;
         let hidden = self.decoder.forward(&embeds, &lens, ctx)?;
-        Ok((head_loss(&self.decoder, &hidden, &rows, &targets, ctx)?, rows.len()))
+        Ok((head_loss(&self.decoder, &hidden, &rows, &targets, ctx)?, rows.len(), feats))
     }
 
     /// Mean cross-entropy over the batch's target tokens.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::full::{stage0_prompt, PatchExample};
+use lavic_model::prompt::ANSWER_PREFIX;
 
 /// One line of `stage0.jsonl`.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +26,10 @@ pub struct Stage0Line {
     pub question: String,
     /// The answer.
     pub answer: String,
+    /// A multi-image question's images (ids, in the order of its `<image>` markers); empty: the
+    /// question is about `id`'s image.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 /// Which lines to read.
@@ -72,19 +77,27 @@ pub fn item_views(world: &Path, id: &str, anyres: &AnyResConfig) -> Result<Tenso
 
 /// Stage-0 examples of `lines`: prompt [`stage0_prompt`]`(question)`, target the answer,
 /// directly after `Assistant:` as in LaViC's stage-1 prompt, and the item's views.
-pub fn examples(world: &Path, lines: &[Stage0Line], anyres: &AnyResConfig) -> Result<Vec<PatchExample>> {
-    let mut views: HashMap<&str, Tensor> = HashMap::new();
+/// A multi-image line (`images`) is its question with one `<image>` per image, then
+/// `\nAssistant:` (the question carries its own markers).
+pub fn examples<'a>(world: &Path, lines: &'a [Stage0Line], anyres: &AnyResConfig) -> Result<Vec<PatchExample>> {
+    let mut views: HashMap<&'a str, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(lines.len());
     for l in lines {
-        let v = match views.get(l.id.as_str()) {
-            Some(v) => v.clone(),
-            None => {
-                let v = item_views(world, &l.id, anyres)?;
-                views.insert(&l.id, v.clone());
-                v
+        let mut view = |id: &'a str| -> Result<Tensor> {
+            if let Some(v) = views.get(id) {
+                return Ok(v.clone());
             }
+            let v = item_views(world, id, anyres)?;
+            views.insert(id, v.clone());
+            Ok(v)
         };
-        out.push(PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![v] });
+        let ex = if l.images.is_empty() {
+            PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![view(&l.id)?] }
+        } else {
+            let images = l.images.iter().map(|id| view(id)).collect::<Result<Vec<_>>>()?;
+            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images }
+        };
+        out.push(ex);
     }
     Ok(out)
 }

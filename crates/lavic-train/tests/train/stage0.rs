@@ -278,3 +278,62 @@ fn a_short_stage0_run_lowers_the_loss_and_saves_a_checkpoint_lavic_model_loads()
     eprintln!("f16 checkpoint: max abs(training - inference logits) = {e16:e}");
     assert!(e16 <= 5e-3, "{e16}");
 }
+
+#[test]
+fn the_readout_loss_adds_the_weighted_caption_loss_of_each_images_mean_patch_feature() {
+    let s = sliver();
+    let bad = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_readout(-1.0).err().expect("a negative weight");
+    assert!(bad.to_string().contains("read-out weight -1"), "{bad}");
+    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap().with_readout(0.5).unwrap();
+    let batch = encoded(&model, &s.world, 3);
+    let (with, n) = model.loss_sum(&batch, &mut Ctx::eval()).unwrap();
+    let (lm, n_lm) = model.lm_loss_sum(&batch, &mut Ctx::eval()).unwrap();
+    assert_eq!(n, n_lm, "the read-out adds no target tokens to the count");
+    let added = (with.to_scalar::<f32>().unwrap() - lm.to_scalar::<f32>().unwrap()) / 0.5;
+    // By hand: each image's patch features averaged over its tokens, lavic-model's final norm and
+    // lm_head, log-softmax in plain loops, minus the log-probability of every answer word.
+    let inf = inference(&s.base);
+    let eos = model.tokenizer.eos_id() as i64;
+    let mut want = 0f64;
+    for e in &batch {
+        let f = model.patch_features(&e.images[0], &mut Ctx::eval()).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let mean: Vec<f32> = (0..f[0].len()).map(|k| f.iter().map(|r| r[k]).sum::<f32>() / f.len() as f32).collect();
+        let h = Tensor::from_vec(mean.clone(), (1, 1, mean.len()), &Device::Cpu).unwrap();
+        let logits = inf.decoder().logits_at(&h, &[0]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+        let words: Vec<i64> = e.labels.iter().copied().filter(|&l| l >= 0 && l != eos).collect();
+        assert!(!words.is_empty());
+        want += words.iter().map(|&t| lse - logits[t as usize] as f64).sum::<f64>();
+    }
+    assert!((added as f64 - want).abs() < 1e-3 * want.max(1.0), "read-out {added} vs by hand {want}");
+    // Off by default: the objective is the language model's alone.
+    let plain = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap();
+    let (p, _) = plain.loss_sum(&batch, &mut Ctx::eval()).unwrap();
+    assert!((p.to_scalar::<f32>().unwrap() - lm.to_scalar::<f32>().unwrap()).abs() < 1e-4);
+}
+
+#[test]
+fn a_pick_line_is_one_example_over_its_ten_images_in_marker_order() {
+    let s = sliver();
+    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(4).unwrap();
+    let f = Stage0Filter { splits: Vec::new(), tasks: vec!["pick".into()], limit: Some(2) };
+    let lines = read_lines(&s.world, &f).unwrap();
+    assert_eq!(lines.len(), 2);
+    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    for (l, e) in lines.iter().zip(&ex) {
+        assert_eq!(l.images.len(), 10);
+        assert!(e.prompt.starts_with(&l.question) && e.prompt.ends_with("\nAssistant:"), "{}", e.prompt);
+        assert_eq!(e.target, l.id);
+        // Image k is the views of the k-th listed id.
+        for (id, v) in l.images.iter().zip(&e.images) {
+            assert_eq!(max_abs(v, &item_views(&s.world, id, &model.anyres).unwrap()), 0.0, "{id}");
+        }
+        let enc = model.encode(e).unwrap();
+        assert_eq!(enc.blocks.len(), 10);
+        assert_eq!(enc.ids.iter().filter(|&&t| t == model.config().image_token_index).count(), 10 * model.patch_tokens());
+    }
+    let enc: Vec<PatchEncoded> = ex.iter().map(|e| model.encode(e).unwrap()).collect();
+    let loss = model.loss(&enc, &mut Ctx::eval()).unwrap().to_scalar::<f32>().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{loss}");
+}
