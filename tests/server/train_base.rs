@@ -79,9 +79,10 @@ fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load
     let (world, base) = sliver(tmp.path());
     let (out, desc, log, state) =
         (tmp.path().join("out"), tmp.path().join("described.jsonl"), tmp.path().join("log.jsonl"), tmp.path().join("state"));
+    // `distill` lines: LaViC's stage-1 prompt, which `--describe` asks the model too.
     let flags = [
         "--tasks",
-        "describe",
+        "distill",
         "--limit",
         "10",
         "--eval",
@@ -114,7 +115,7 @@ fn train_base_lowers_the_held_out_loss_describes_every_item_and_its_outputs_load
     let held = |when: &str| ev.iter().find(|v| v["event"] == "held_out_loss" && v["when"] == when).unwrap()["loss"].as_f64().unwrap();
     let (before, after) = (held("before"), held("after"));
     eprintln!("held-out loss {before:.3} -> {after:.3}");
-    assert!(after < 0.75 * before, "held-out loss {before} -> {after}");
+    assert!(after < 0.85 * before, "held-out loss {before} -> {after}");
     let steps: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(steps.len(), 120);
     assert_eq!(ev.iter().filter(|v| v["event"] == "answer").count(), 2);

@@ -1,8 +1,9 @@
 //! `lavic train base --describe FILE`: the stage-1 teacher texts of the demo (issue 15: "the
 //! teacher descriptions are the stage-0 model's own descriptions where it can produce them").
 //!
-//! For every item of `WORLD/items.jsonl`, the model's greedy answer to the item's `describe`
-//! question of `stage0.jsonl`, from its full patch tokens (lavic-train's batched generation).
+//! For every item of `WORLD/items.jsonl`, the model's greedy answer to the item's `distill` line
+//! of `stage0.jsonl` (LaViC's stage-1 prompt with the image as patch tokens; worlds without one:
+//! its `describe` question), from its patch tokens (lavic-train's batched generation).
 //! FILE holds the items lines byte for byte, except that `description` is the model's text and
 //! a field `"teacher": "model"` is added; where the model gives no usable text (empty, or no
 //! `</s>` within the token budget) the generator's description stays, with `"teacher":
@@ -18,6 +19,7 @@ use anyhow::{bail, Context};
 use lavic_demo::vocab::Look;
 use lavic_train::full::{stage0_prompt, FullModel};
 use lavic_train::generate::Question;
+use lavic_model::prompt::ANSWER_PREFIX;
 use lavic_train::stage0::{item_views, read_lines, Stage0Filter};
 use serde::{Deserialize, Serialize};
 
@@ -162,10 +164,23 @@ fn rewrite_line(line: &str, text: &str, teacher: &str) -> anyhow::Result<String>
     Ok(out)
 }
 
-/// The `describe` question of every item in `stage0.jsonl`.
+/// The teacher prompt of every item in `stage0.jsonl`: its `distill` line (LaViC's stage-1
+/// prompt, the image as patch tokens: the teacher sees the student's prompt) where the world has
+/// one, else its `describe` question.
 fn describe_questions(world: &Path) -> anyhow::Result<HashMap<String, String>> {
-    let f = Stage0Filter { tasks: vec!["describe".into()], ..Stage0Filter::default() };
-    Ok(read_lines(world, &f)?.into_iter().map(|l| (l.id, l.question)).collect())
+    let f = Stage0Filter { tasks: vec!["describe".into(), "distill".into()], ..Stage0Filter::default() };
+    let mut out = HashMap::new();
+    for l in read_lines(world, &f)? {
+        match l.task.as_str() {
+            "distill" => {
+                out.insert(l.id, format!("{}{ANSWER_PREFIX}", l.question));
+            }
+            _ => {
+                out.entry(l.id).or_insert_with(|| stage0_prompt(&l.question));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads `items.jsonl`: each non-empty line with its fields; a bad line names file and line.
@@ -207,7 +222,7 @@ pub fn run(model: &FullModel, world: &Path, s: &DescribeSettings) -> anyhow::Res
                 .get(&it.id)
                 .with_context(|| format!("item {}: no describe line in {}", it.id, world.join("stage0.jsonl").display()))?;
             let views = item_views(world, &it.id, &model.anyres).with_context(|| format!("item {}", it.id))?;
-            batch.push(Question { prompt: stage0_prompt(q), images: vec![views] });
+            batch.push(Question { prompt: q.clone(), images: vec![views] });
         }
         for ((line, it), a) in chunk.iter().zip(model.generate_batch(&batch, s.max_tokens)?) {
             let text = a.text.trim();

@@ -58,6 +58,10 @@ pub enum TaskArg {
     /// A yes/no colour question.
     #[value(name = "yes_no")]
     YesNo,
+    /// LaViC's stage-1 prompt answered with the teacher description.
+    Distill,
+    /// Which of 10 listed products fits a request (multi-image).
+    Pick,
 }
 
 /// `--describe-teacher`.
