@@ -221,7 +221,7 @@ impl FullModel {
     /// Adds `weight` x the **image read-out loss** to [`FullModel::loss_sum`]: each image's
     /// projected patch features, averaged over its patch tokens, go straight through the
     /// decoder's final norm and `lm_head`, and must predict every token of its example's answer
-    /// (`</s>` excluded), a bag-of-words caption loss as in visual pre-training from captions
+    /// (`</s>` excluded; examples with one image only), a bag-of-words caption loss as in visual pre-training from captions
     /// (VirTex, Tag2Text). It gives the vision tower and projector a direct gradient towards
     /// features the language model can read ("red", "stripes", "strap") without waiting for
     /// attention to find the image; the language-model loss is unchanged. 0 turns it off.
@@ -240,12 +240,13 @@ impl FullModel {
         let eos = self.tokenizer.eos_id() as i64;
         let (mut rows, mut targets, mut img) = (Vec::new(), Vec::new(), 0u32);
         for e in batch {
-            let words: Vec<u32> = e.labels.iter().filter(|&&l| l != IGNORE && l != eos).map(|&l| l as u32).collect();
-            for _ in &e.images {
+            // A multi-image example's answer is about one of its images at most: no read-out.
+            if e.images.len() == 1 {
+                let words: Vec<u32> = e.labels.iter().filter(|&&l| l != IGNORE && l != eos).map(|&l| l as u32).collect();
                 rows.extend(std::iter::repeat_n(img, words.len()));
                 targets.extend(&words);
-                img += 1;
             }
+            img += e.images.len() as u32;
         }
         if rows.is_empty() {
             return Ok(Tensor::zeros((), DType::F32, &self.device)?);

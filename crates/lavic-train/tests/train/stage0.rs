@@ -307,6 +307,13 @@ fn the_readout_loss_adds_the_weighted_caption_loss_of_each_images_mean_patch_fea
         want += words.iter().map(|&t| lse - logits[t as usize] as f64).sum::<f64>();
     }
     assert!((added as f64 - want).abs() < 1e-3 * want.max(1.0), "read-out {added} vs by hand {want}");
+    // A multi-image (pick) example adds no read-out: its answer names one of ten images.
+    let f = Stage0Filter { splits: Vec::new(), tasks: vec!["pick".into()], limit: Some(1) };
+    let pick = examples(&s.world, &read_lines(&s.world, &f).unwrap(), &model.anyres).unwrap();
+    let pick = vec![model.encode(&pick[0]).unwrap()];
+    let (pick_all, _) = model.loss_sum(&pick, &mut Ctx::eval()).unwrap();
+    let (pick_lm, _) = model.lm_loss_sum(&pick, &mut Ctx::eval()).unwrap();
+    assert!((pick_all.to_scalar::<f32>().unwrap() - pick_lm.to_scalar::<f32>().unwrap()).abs() < 1e-4);
     // Off by default: the objective is the language model's alone.
     let plain = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap();
     let (p, _) = plain.loss_sum(&batch, &mut Ctx::eval()).unwrap();
