@@ -55,14 +55,14 @@ stage() {
 
 if [ $SMOKE = 1 ]; then
   WORLD_ARGS=(--lines-per-kind 3 --valid-lines 1 --test-lines 1 --train 24 --valid 6 --test 6)
-  BASE_ARGS=(--batch 4 --eval 8 --answers 2 --limit 60)
-  BASE_STEPS_A=6 BASE_STEPS_B=2
+  BASE_ARGS=(--eval 8 --answers 2 --limit 60)
+  BASE_STEPS_A=6 BASE_STEPS_B=2 BATCH_A=4 BATCH_B=4
   DISTILL_ARGS=(--max-steps 4 --batch-size 4 --valid-items "$OUT/teacher.jsonl")
   RECOMMEND_ARGS=(--max-steps 4 --batch-size 2 --eval-batch 6)
 else
   WORLD_ARGS=()
-  BASE_ARGS=(--batch 32 --eval 64 --answers 64)
-  BASE_STEPS_A=${BASE_STEPS_A:-700} BASE_STEPS_B=${BASE_STEPS_B:-400}
+  BASE_ARGS=(--eval 64 --answers 64)
+  BASE_STEPS_A=${BASE_STEPS_A:-700} BASE_STEPS_B=${BASE_STEPS_B:-300} BATCH_A=32 BATCH_B=16
   DISTILL_ARGS=(--epochs "${DISTILL_EPOCHS:-3}" --batch-size 8)
   RECOMMEND_ARGS=(--epochs "${RECOMMEND_EPOCHS:-1}" --batch-size 8)
 fi
@@ -76,17 +76,18 @@ stage world "$LAVIC" demo-world --seed "$SEED" --tile 32 --out "$W" --base "$OUT
 # (2e-3 left the vision tower drifting on noise) and add the image read-out loss (each image's
 # mean feature must name its answer words through lm_head):
 #   a: the six short visual questions (what the tower learns to see from);
-#   b: every task: the descriptions and the multi-image pick questions too; saved in f16 (what
-#      ships), then every item's own greedy description, the stage-1 teacher where it names
-#      every true attribute.
+#   b: every task: the descriptions (also in LaViC's stage-1 prompt) and the multi-image pick
+#      questions too, batch 16 (a pick is ~230 tokens); saved in f16 (what ships), then every
+#      item's own greedy description in LaViC's stage-1 prompt, the stage-1 teacher where it
+#      names every true attribute.
 SHORT=main,trim,pattern,kind,detail,yes_no
 base_phase() {
   local name=$1 from=$2 to=$3 steps=$4; shift 4
   stage "base-$name" "$LAVIC" train base --device "$DEVICE" --world "$W" --base "$from" --out "$to" --steps "$steps" \
     "${BASE_ARGS[@]}" --pool 4 --readout 1 --lr 5e-4 --log "$OUT/base-$name.log" --log-every 25 "$@"
 }
-base_phase a "$OUT/base0" "$OUT/base-a" "$((BASE_STEPS_A))" --tasks $SHORT --warmup 20
-base_phase b "$OUT/base-a" "$OUT/model" "$((BASE_STEPS_B))" --warmup 10 --dtype f16 --describe "$OUT/teacher.jsonl"
+base_phase a "$OUT/base0" "$OUT/base-a" "$((BASE_STEPS_A))" --batch $BATCH_A --tasks $SHORT --warmup 20
+base_phase b "$OUT/base-a" "$OUT/model" "$((BASE_STEPS_B))" --batch $BATCH_B --warmup 10 --dtype f16 --describe "$OUT/teacher.jsonl"
 cp "$OUT/teacher.jsonl.summary.json" "$OUT/results/teacher.summary.json"
 
 # Stage 1 (LaViC self-distillation): vision tower + projector LoRA, the language model frozen.
@@ -109,17 +110,9 @@ evaluate() {
     --items "$items" --images "$images" --mode "$mode" --out "$OUT/results/$name.jsonl" --summary "$OUT/results/$name.json"
 }
 
-stage recommend recommend "$OUT/lm" "$W/items.jsonl" "$W/images" "$OUT/vision/best"
-stage eval-free evaluate lavic-free free "$W/items.jsonl" "$W/images" "$OUT/vision/best" "$OUT/lm/best"
-stage eval-default evaluate lavic-default default "$W/items.jsonl" "$W/images" "$OUT/vision/best" "$OUT/lm/best"
-for b in random title-similarity; do
-  stage "baseline-$b" "$LAVIC" eval --progress off --baseline "$b" --data "$W/test.jsonl" --items "$W/items.jsonl" \
-    --out "$OUT/results/$b.jsonl" --summary "$OUT/results/$b.json"
-done
-
-if [ $ABLATIONS = 1 ]; then
-  # Titles only: every item's image is one blank white picture, so the 5 image tokens carry
-  # nothing; prompt, stages and hyperparameters are otherwise the same.
+# Titles only: every item's image is one blank white picture, so the 5 image tokens carry
+# nothing; prompt, stages and hyperparameters are otherwise the same.
+blank_items() {
   mkdir -p "$OUT/blank"
   if [ ! -f "$OUT/blank/items.jsonl" ]; then
     # a 64x64 white PNG
@@ -127,10 +120,30 @@ if [ $ABLATIONS = 1 ]; then
       | base64 -d > "$OUT/blank/white.png"
     sed -E 's/"image":"[^"]*"/"image":"white.png"/' "$W/items.jsonl" > "$OUT/blank/items.jsonl"
   fi
-  stage titles-only recommend "$OUT/lm-titles" "$OUT/blank/items.jsonl" "$OUT/blank" "$OUT/vision/best"
-  stage eval-titles-only evaluate titles-only-free free "$OUT/blank/items.jsonl" "$OUT/blank" "$OUT/vision/best" "$OUT/lm-titles/best"
+}
+
+# Stage 2: LaViC, and with the ablations both of theirs side by side (three processes; each
+# one's wall time is then longer than alone).
+if [ $ABLATIONS = 1 ]; then
+  blank_items
+  stage recommend recommend "$OUT/lm" "$W/items.jsonl" "$W/images" "$OUT/vision/best" &
+  # Without images: titles only, the same stage-1 adapter.
+  stage titles-only recommend "$OUT/lm-titles" "$OUT/blank/items.jsonl" "$OUT/blank" "$OUT/vision/best" &
   # Without self-distillation: stage 2 over the untuned tower (no stage-1 adapter).
-  stage no-distill recommend "$OUT/lm-nodistill" "$W/items.jsonl" "$W/images" ""
+  stage no-distill recommend "$OUT/lm-nodistill" "$W/items.jsonl" "$W/images" "" &
+  wait
+  for f in recommend titles-only no-distill; do [ -f "$OUT/$f.done" ] || { echo "stage 2 run $f failed" >&2; exit 1; }; done
+else
+  stage recommend recommend "$OUT/lm" "$W/items.jsonl" "$W/images" "$OUT/vision/best"
+fi
+stage eval-free evaluate lavic-free free "$W/items.jsonl" "$W/images" "$OUT/vision/best" "$OUT/lm/best"
+stage eval-default evaluate lavic-default default "$W/items.jsonl" "$W/images" "$OUT/vision/best" "$OUT/lm/best"
+for b in random title-similarity; do
+  stage "baseline-$b" "$LAVIC" eval --progress off --baseline "$b" --data "$W/test.jsonl" --items "$W/items.jsonl" \
+    --out "$OUT/results/$b.jsonl" --summary "$OUT/results/$b.json"
+done
+if [ $ABLATIONS = 1 ]; then
+  stage eval-titles-only evaluate titles-only-free free "$OUT/blank/items.jsonl" "$OUT/blank" "$OUT/vision/best" "$OUT/lm-titles/best"
   stage eval-no-distill evaluate no-distill-free free "$W/items.jsonl" "$W/images" "" "$OUT/lm-nodistill/best"
 fi
 
