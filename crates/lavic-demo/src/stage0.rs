@@ -32,6 +32,9 @@ pub const DISTILL_HEAD: &str = "You are a helpful assistant.\nGiven an Amazon pr
 /// `pick` questions per train-split item.
 pub const PICKS_PER_ITEM: usize = 2;
 
+/// `copy` questions per train-split item.
+pub const COPIES_PER_ITEM: usize = 4;
+
 /// One question about one item's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sample {
@@ -46,9 +49,13 @@ pub struct Sample {
     pub question: String,
     /// The expected answer.
     pub answer: String,
-    /// The images of a multi-image question, in order (empty: the one image of `id`).
+    /// The images of a multi-image question, in order (empty: the one image of `id`, unless
+    /// `text_only`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<String>,
+    /// A question without any image (`copy`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub text_only: bool,
 }
 
 fn options(items: &[&str]) -> String {
@@ -63,6 +70,7 @@ fn options(items: &[&str]) -> String {
 pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
     let mut rng = Rng::stream(seed, "stage0");
     let mut picks = Rng::stream(seed, "stage0-pick");
+    let mut copies = Rng::stream(seed, "stage0-copy");
     let train: Vec<usize> = (0..catalog.items.len()).filter(|i| catalog.items[*i].split == Split::Train).collect();
     let mut out = Vec::with_capacity(catalog.items.len() * (7 + PICKS_PER_ITEM));
     for (index, it) in catalog.items.iter().enumerate() {
@@ -70,7 +78,7 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
         let kind = l.kind.noun();
         let trim = l.detail.trim();
         let mut push = |task: &'static str, question: String, answer: String| {
-            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer, images: Vec::new() });
+            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer, images: Vec::new(), text_only: false });
         };
         push("describe", "Describe the product in the image.".into(), it.description.clone());
         push("kind", "What kind of product is this?".into(), format!("{} {kind}", article(kind)));
@@ -94,10 +102,14 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
             question: format!("{DISTILL_HEAD}{}\n{IMAGE_MARKER}\n", it.title),
             answer: it.description.clone(),
             images: vec![it.id.clone()],
+            text_only: false,
         });
         if it.split == Split::Train {
             for _ in 0..PICKS_PER_ITEM {
                 out.push(pick(catalog, &train, index, &mut picks));
+            }
+            for _ in 0..COPIES_PER_ITEM {
+                out.push(copy(catalog, &train, index, &mut copies));
             }
         }
     }
@@ -118,7 +130,25 @@ fn pick(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
         question.push_str(&format!("{}: {}\n{IMAGE_MARKER}\n", c.id, c.title));
     }
     let images = cands.iter().map(|c| catalog.items[*c].id.clone()).collect();
-    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer: it.id.clone(), images }
+    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer: it.id.clone(), images, text_only: false }
+}
+
+/// A text-only `copy` question: 10 candidates as `{id}: {title}` lines (LaViC's layout without
+/// the images), the answer the id of the one whose title is asked for (no other candidate has
+/// it). It teaches the decoder to find a line and copy its id digit by digit, cheaply.
+fn copy(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
+    let it = &catalog.items[gt];
+    let mut others: Vec<usize> = pool.iter().copied().filter(|i| catalog.items[*i].title != it.title).collect();
+    rng.shuffle(&mut others);
+    let mut cands: Vec<usize> = others.into_iter().take(crate::dialogue::NUM_CANDIDATES - 1).collect();
+    cands.push(gt);
+    rng.shuffle(&mut cands);
+    let mut question = format!("Which of these products is the {}?\n\nCandidates:\n", it.title);
+    for c in &cands {
+        let c = &catalog.items[*c];
+        question.push_str(&format!("{}: {}\n", c.id, c.title));
+    }
+    Sample { id: it.id.clone(), split: it.split, task: "copy", question, answer: it.id.clone(), images: Vec::new(), text_only: true }
 }
 
 #[cfg(test)]
@@ -131,6 +161,7 @@ mod tests {
         let c = generate(2, &CatalogConfig { lines_per_kind: 6, valid_lines: 1, test_lines: 1, tile: 64 });
         let all = samples(2, &c);
         assert_eq!(all, samples(2, &c));
+        let (copies, all): (Vec<Sample>, Vec<Sample>) = all.into_iter().partition(|x| x.task == "copy");
         let (s, picks): (Vec<Sample>, Vec<Sample>) = all.into_iter().partition(|x| x.task != "pick");
         let (distill, s): (Vec<Sample>, Vec<Sample>) = s.into_iter().partition(|x| x.task == "distill");
         assert_eq!(distill.len(), c.items.len());
@@ -154,6 +185,17 @@ mod tests {
             for other in p.images.iter().filter(|i| **i != p.answer).map(|i| by_id[i.as_str()]) {
                 assert!(other.look != gt.look, "two candidates look the same: {}", p.question);
             }
+        }
+        assert_eq!(copies.len(), COPIES_PER_ITEM * train);
+        for q in &copies {
+            // Ten lines, no image; exactly one carries the asked title, and it is the answer's.
+            let gt = by_id[q.answer.as_str()];
+            assert!(q.text_only && q.images.is_empty() && !q.question.contains(IMAGE_MARKER));
+            let lines: Vec<&str> = q.question.lines().filter(|l| l.starts_with("BDEMO") || by_id.keys().any(|k| l.starts_with(k))).collect();
+            assert_eq!(lines.len(), 10, "{}", q.question);
+            let with_title: Vec<&&str> = lines.iter().filter(|l| l.ends_with(&format!(": {}", gt.title))).collect();
+            assert_eq!(with_title, [&format!("{}: {}", gt.id, gt.title).as_str()], "{}", q.question);
+            assert!(q.question.starts_with(&format!("Which of these products is the {}?", gt.title)));
         }
         let mut yes = 0;
         for (it, chunk) in c.items.iter().zip(s.chunks(7)) {

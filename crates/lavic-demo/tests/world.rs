@@ -141,7 +141,7 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
     assert_eq!(manifest["summary"]["items"].as_u64().unwrap() as usize, items.len());
     let stage0 = jsonl(&out.join("stage0.jsonl"));
     let train = items.values().filter(|i| i["split"] == "train").count();
-    assert_eq!(stage0.len(), 8 * items.len() + lavic_demo::stage0::PICKS_PER_ITEM * train);
+    assert_eq!(stage0.len(), 8 * items.len() + (lavic_demo::stage0::PICKS_PER_ITEM + lavic_demo::stage0::COPIES_PER_ITEM) * train);
     for s in &stage0 {
         let it = &items[s["id"].as_str().unwrap()];
         assert_eq!(s["split"], it["split"]);
@@ -156,6 +156,11 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
                 let want = lavic_model::prompt::distillation_prompt(title).replace(&lavic_model::prompt::image_placeholders(), "<image>");
                 assert_eq!(prompt, want);
                 assert_eq!(s["answer"], it["description"]);
+            }
+            "copy" => {
+                assert_eq!(s["answer"], s["id"]);
+                assert_eq!(s["text_only"], true);
+                assert!(s.get("images").is_none());
             }
             "pick" => {
                 assert_eq!(s["answer"], s["id"]);

@@ -62,6 +62,8 @@ pub enum TaskArg {
     Distill,
     /// Which of 10 listed products fits a request (multi-image).
     Pick,
+    /// The id of the listed product with a given title (text only).
+    Copy,
 }
 
 /// `--describe-teacher`.

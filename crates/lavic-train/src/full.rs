@@ -353,10 +353,24 @@ impl FullModel {
     /// Sum of the target tokens' negative log-likelihoods (f32 scalar) and their number.
     /// With a read-out weight ([`FullModel::with_readout`]), its weighted sum is added (the
     /// count stays the language model's target tokens).
+    ///
+    /// A batch without images (text-only `copy` lines) does not depend on the vision tower and
+    /// projector: they get a zero gradient (a term: their sum times a zero tensor), not none, so the trainer,
+    /// which refuses a tensor without a gradient, trains on such batches too.
     pub fn loss_sum(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
         let (mut sum, n, feats) = self.lm_loss_parts(batch, ctx)?;
-        if let (Some(f), true) = (&feats, self.readout > 0.0) {
-            sum = (sum + (self.readout_sum(batch, f, ctx)? * self.readout)?)?;
+        match &feats {
+            Some(f) if self.readout > 0.0 => sum = (sum + (self.readout_sum(batch, f, ctx)? * self.readout)?)?,
+            Some(_) => {}
+            None => {
+                // A zero tensor, not `* 0.0`: candle's backward skips an affine map by 0.
+                let zero = Tensor::zeros((), DType::F32, &self.device)?;
+                for (name, v) in &self.params.vars {
+                    if name.starts_with("vision_tower.") || name.starts_with("multi_modal_projector.") {
+                        sum = (sum + v.as_tensor().sum_all()?.to_dtype(DType::F32)?.mul(&zero)?)?;
+                    }
+                }
+            }
         }
         Ok((sum, n))
     }

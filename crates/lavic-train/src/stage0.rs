@@ -30,6 +30,9 @@ pub struct Stage0Line {
     /// question is about `id`'s image.
     #[serde(default)]
     pub images: Vec<String>,
+    /// A question without any image: the prompt is the question and `\nAssistant:`.
+    #[serde(default)]
+    pub text_only: bool,
 }
 
 /// Which lines to read.
@@ -91,7 +94,9 @@ pub fn examples<'a>(world: &Path, lines: &'a [Stage0Line], anyres: &AnyResConfig
             views.insert(id, v.clone());
             Ok(v)
         };
-        let ex = if l.images.is_empty() {
+        let ex = if l.text_only {
+            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images: Vec::new() }
+        } else if l.images.is_empty() {
             PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![view(&l.id)?] }
         } else {
             let images = l.images.iter().map(|id| view(id)).collect::<Result<Vec<_>>>()?;

@@ -344,3 +344,29 @@ fn a_pick_line_is_one_example_over_its_ten_images_in_marker_order() {
     let loss = model.loss(&enc, &mut Ctx::eval()).unwrap().to_scalar::<f32>().unwrap();
     assert!(loss.is_finite() && loss > 0.0, "{loss}");
 }
+
+#[test]
+fn text_only_copy_lines_train_alone_with_zero_gradients_for_the_vision_side() {
+    let s = sliver();
+    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(4).unwrap();
+    let f = Stage0Filter { splits: Vec::new(), tasks: vec!["copy".into()], limit: Some(4) };
+    let lines = read_lines(&s.world, &f).unwrap();
+    assert!(lines.iter().all(|l| l.text_only && l.images.is_empty()));
+    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    assert!(ex.iter().all(|e| e.images.is_empty() && e.prompt.ends_with("\nAssistant:") && !e.prompt.contains("<image>")));
+    let enc: Vec<PatchEncoded> = ex.iter().map(|e| model.encode(e).unwrap()).collect();
+    let loss = model.loss(&enc, &mut Ctx::eval()).unwrap();
+    let grads = loss.backward().unwrap();
+    let norm = |name: &str| {
+        let g = grads.get(model.params().vars[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert_eq!(norm("multi_modal_projector.linear_1.weight"), 0.0);
+    assert_eq!(norm("vision_tower.vision_model.embeddings.patch_embedding.weight"), 0.0);
+    assert!(norm("language_model.lm_head.weight") > 0.0);
+    // And a trainer steps on such a batch (every tensor has a gradient).
+    let cfg = TrainConfig { batch_size: 4, ..TrainConfig::default() };
+    let mut t = Trainer::new(&model, cfg).unwrap();
+    let r = t.step(&enc).unwrap();
+    assert!(r.loss.is_finite() && r.tokens > 0);
+}
