@@ -221,10 +221,11 @@ impl FullModel {
     /// Adds `weight` x the **image read-out loss** to [`FullModel::loss_sum`]: each image's
     /// projected patch features, averaged over its patch tokens, go straight through the
     /// decoder's final norm and `lm_head`, and must predict every token of its example's answer
-    /// (`</s>` excluded; examples with one image only), a bag-of-words caption loss as in visual pre-training from captions
-    /// (VirTex, Tag2Text). It gives the vision tower and projector a direct gradient towards
-    /// features the language model can read ("red", "stripes", "strap") without waiting for
-    /// attention to find the image; the language-model loss is unchanged. 0 turns it off.
+    /// (`</s>` excluded; examples with one image only), a bag-of-words caption loss as in
+    /// visual pre-training from captions (VirTex, Tag2Text). It gives the vision tower and
+    /// projector a direct gradient towards features the language model can read ("red",
+    /// "stripes", "strap") without waiting for attention to find the image; the language-model
+    /// loss is unchanged. 0 turns it off.
     pub fn with_readout(mut self, weight: f64) -> Result<Self> {
         if !(weight.is_finite() && weight >= 0.0) {
             return Err(Error::Input(format!("read-out weight {weight} must be a finite number >= 0")));
@@ -355,8 +356,8 @@ impl FullModel {
     /// count stays the language model's target tokens).
     ///
     /// A batch without images (text-only `copy` lines) does not depend on the vision tower and
-    /// projector: they get a zero gradient (a term: their sum times a zero tensor), not none, so the trainer,
-    /// which refuses a tensor without a gradient, trains on such batches too.
+    /// projector: they get a zero gradient (a term: their sum times a zero tensor), not none, so
+    /// the trainer, which refuses a tensor without a gradient, trains on such batches too.
     pub fn loss_sum(&self, batch: &[PatchEncoded], ctx: &mut Ctx) -> Result<(Tensor, usize)> {
         let (mut sum, n, feats) = self.lm_loss_parts(batch, ctx)?;
         match &feats {
