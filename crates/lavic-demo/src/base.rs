@@ -330,3 +330,42 @@ fn write_files(world: &World, cfg: &BaseConfig, extra_text: &[String], out: &Pat
     fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
     Ok(BaseSummary { pieces: vocab.pieces.len(), vocab_rows: rows, parameters, bytes: bytes.len() as u64 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Standard deviation of the f32 tensor `name` in a safetensors blob written by `safetensors`.
+    fn std_of(blob: &[u8], name: &str) -> f64 {
+        let n = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&blob[8..8 + n]).unwrap();
+        let off = header[name]["data_offsets"].as_array().unwrap();
+        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let xs: Vec<f64> = blob[8 + n + a..8 + n + b].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn the_tower_starts_as_clip_initialises_it_and_the_rest_as_llava() {
+        let c = BaseConfig::demo(3);
+        let blob = safetensors(&tensors(&c, 32, 128), 3);
+        let d = (c.vision_hidden as f64).powf(-0.5);
+        let layer = "vision_tower.vision_model.encoder.layers.1";
+        let want = [
+            (format!("{layer}.self_attn.q_proj.weight"), d / (2.0 * c.vision_layers as f64).sqrt()),
+            (format!("{layer}.self_attn.out_proj.weight"), d),
+            (format!("{layer}.mlp.fc1.weight"), (2.0 * c.vision_hidden as f64).powf(-0.5)),
+            (format!("{layer}.mlp.fc2.weight"), d / (2.0 * c.vision_layers as f64).sqrt()),
+            ("vision_tower.vision_model.embeddings.patch_embedding.weight".to_string(), 0.02),
+            ("multi_modal_projector.linear_1.weight".to_string(), 0.02),
+            ("language_model.model.layers.0.mlp.up_proj.weight".to_string(), 0.02),
+            ("language_model.lm_head.weight".to_string(), 0.02),
+        ];
+        for (name, std) in want {
+            let got = std_of(&blob, &name);
+            assert!((got / std - 1.0).abs() < 0.05, "{name}: std {got}, want {std}");
+        }
+        assert_eq!(std_of(&blob, &format!("{layer}.mlp.fc1.bias")), 0.0);
+    }
+}
