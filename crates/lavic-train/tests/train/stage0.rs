@@ -14,7 +14,7 @@ use lavic_train::save::save_full;
 use lavic_train::full::{FullModel, PatchEncoded};
 use lavic_train::linear::Ctx;
 use lavic_train::optim::{AdamWConfig, Schedule};
-use lavic_train::stage0::{examples, item_views, read_lines, Stage0Filter};
+use lavic_train::stage0::{examples, item_views, read_lines, Stage0Filter, Stage0Line};
 use lavic_train::trainer::{TrainConfig, Trainer};
 
 /// A small world and its untrained tiny base, in a temporary folder.
@@ -53,6 +53,14 @@ fn encoded(model: &FullModel, world: &Path, limit: usize) -> Vec<PatchEncoded> {
     assert_eq!(lines.len(), limit);
     let ex = examples(world, &lines, &model.anyres).unwrap();
     ex.iter().map(|e| model.encode(e).unwrap()).collect()
+}
+
+/// The first `limit` lines of one task (train split), as read from `stage0.jsonl`.
+fn task_lines(world: &Path, task: &str, limit: usize) -> Vec<Stage0Line> {
+    let f = Stage0Filter { splits: vec!["train".into()], tasks: vec![task.into()], limit: Some(limit) };
+    let lines = read_lines(world, &f).unwrap();
+    assert_eq!(lines.len(), limit, "{task} lines");
+    lines
 }
 
 fn inference(dir: &Path) -> LavicModel {
@@ -179,8 +187,7 @@ fn patch_slot_forward_equals_a_reference_from_inference_code_and_plain_loops() {
     bad.target = "<image>".into();
     assert!(model.encode(&bad).unwrap_err().to_string().contains("holds the image token"));
     // And the image matters: another item's views change the answer's logits.
-    let f = Stage0Filter { splits: vec!["train".into()], tasks: vec!["describe".into()], limit: Some(2) };
-    let second = examples(&s.world, &read_lines(&s.world, &f).unwrap(), &model.anyres).unwrap().remove(1);
+    let second = examples(&s.world, &task_lines(&s.world, "describe", 2), &model.anyres).unwrap().remove(1);
     let other = model.encode(&second).unwrap();
     assert!(max_abs(&other.images[0], views) > 0.1, "the second item shows the same image");
     let swapped = PatchEncoded { images: other.images.clone(), ..e.clone() };
@@ -309,9 +316,19 @@ fn the_readout_loss_adds_the_weighted_caption_loss_of_each_images_mean_patch_fea
         want += words.iter().map(|&t| lse - logits[t as usize] as f64).sum::<f64>();
     }
     assert!((added as f64 - want).abs() < 1e-3 * want.max(1.0), "read-out {added} vs by hand {want}");
+    // Its gradient (the read-out term alone) reaches the tower's first tensor and lm_head, and
+    // not the decoder layers it skips.
+    let grads = (&with - &lm).unwrap().backward().unwrap();
+    let norm = |name: &str| {
+        let g = grads.get(model.params().vars[name].as_tensor());
+        g.map_or(0.0, |g| g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+    };
+    assert!(norm("vision_tower.vision_model.embeddings.patch_embedding.weight") > 0.0);
+    assert!(norm("multi_modal_projector.linear_2.weight") > 0.0);
+    assert!(norm("language_model.lm_head.weight") > 0.0);
+    assert!(norm("language_model.model.layers.0.mlp.up_proj.weight") < 1e-12);
     // A multi-image (pick) example adds no read-out: its answer names one of ten images.
-    let f = Stage0Filter { splits: Vec::new(), tasks: vec!["pick".into()], limit: Some(1) };
-    let pick = examples(&s.world, &read_lines(&s.world, &f).unwrap(), &model.anyres).unwrap();
+    let pick = examples(&s.world, &task_lines(&s.world, "pick", 1), &model.anyres).unwrap();
     let pick = vec![model.encode(&pick[0]).unwrap()];
     let (pick_all, _) = model.loss_sum(&pick, &mut Ctx::eval()).unwrap();
     let (pick_lm, _) = model.lm_loss_sum(&pick, &mut Ctx::eval()).unwrap();
@@ -326,9 +343,7 @@ fn the_readout_loss_adds_the_weighted_caption_loss_of_each_images_mean_patch_fea
 fn a_pick_line_is_one_example_over_its_ten_images_in_marker_order() {
     let s = sliver();
     let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(4).unwrap();
-    let f = Stage0Filter { splits: Vec::new(), tasks: vec!["pick".into()], limit: Some(2) };
-    let lines = read_lines(&s.world, &f).unwrap();
-    assert_eq!(lines.len(), 2);
+    let lines = task_lines(&s.world, "pick", 2);
     let ex = examples(&s.world, &lines, &model.anyres).unwrap();
     for (l, e) in lines.iter().zip(&ex) {
         assert_eq!(l.images.len(), 10);
@@ -351,8 +366,7 @@ fn a_pick_line_is_one_example_over_its_ten_images_in_marker_order() {
 fn text_only_copy_lines_train_alone_with_zero_gradients_for_the_vision_side() {
     let s = sliver();
     let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(4).unwrap();
-    let f = Stage0Filter { splits: Vec::new(), tasks: vec!["copy".into()], limit: Some(4) };
-    let lines = read_lines(&s.world, &f).unwrap();
+    let lines = task_lines(&s.world, "copy", 4);
     assert!(lines.iter().all(|l| l.text_only && l.images.is_empty()));
     let ex = examples(&s.world, &lines, &model.anyres).unwrap();
     assert!(ex.iter().all(|e| e.images.is_empty() && e.prompt.ends_with("\nAssistant:") && !e.prompt.contains("<image>")));
