@@ -229,3 +229,45 @@ fn train_base_bad_input_is_a_clear_error() {
     std::fs::write(world.join("stage0.jsonl"), text.replacen("\"task\"", "\"tusk\"", 1)).unwrap();
     fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &["--steps", "0", "--eval", "0"])), "stage0.jsonl line 1");
 }
+
+/// `--attributes`: the tower and projector learn the items' looks through heads that are not
+/// saved; the language model's tensors are saved unchanged; flags that do not apply are refused.
+#[test]
+fn train_base_attributes_trains_the_tower_alone_and_saves_the_language_model_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, base) = sliver(tmp.path());
+    let out = tmp.path().join("out");
+    let flags = ["--attributes", "--pool", "4", "--eval", "8", "--steps", "40", "--batch", "12", "--lr", "1e-2", "--warmup", "0"];
+    let ev = events(&ok(lavic(&base_args(&world, &base, &out, &flags))));
+    let data = ev.iter().find(|v| v["event"] == "data").unwrap();
+    let items = std::fs::read_to_string(world.join("items.jsonl")).unwrap().lines().count() as u64;
+    assert_eq!((data["train"].as_u64(), data["held_out"].as_u64()), (Some(items - 8), Some(8)), "{data}");
+    let heads: Vec<&String> = data["attributes"].as_object().unwrap().keys().collect();
+    assert_eq!(heads, ["detail", "kind", "main", "pattern", "secondary"]);
+    let acc: Vec<&Value> = ev.iter().filter(|v| v["event"] == "held_out_accuracy").collect();
+    assert_eq!(acc.len(), 2, "accuracy before and after");
+    assert_eq!(ev.iter().filter(|v| v["event"] == "step").count(), 4, "a line every 10 steps");
+    let tensors = |dir: &Path| {
+        let t = candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let flat = |v: candle_core::Tensor| v.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        t.into_iter().map(|(n, v)| (n, flat(v))).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (before, after) = (tensors(&base), tensors(&out));
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "no head is saved");
+    for (name, data) in &after {
+        if name.starts_with("language_model.") {
+            assert_eq!(data, &before[name], "{name} changed");
+        }
+    }
+    assert!(after.iter().any(|(n, d)| n.starts_with("vision_tower.") && d != &before[n]), "the tower trained");
+    assert!(after.iter().any(|(n, d)| n.starts_with("multi_modal_projector.") && d != &before[n]), "the projector trained");
+
+    for (extra, want) in [("--describe", "do not apply"), ("--readout", "do not apply")] {
+        let mut f = flags.to_vec();
+        let val = if extra == "--describe" { s(&tmp.path().join("d.jsonl")) } else { "1".to_string() };
+        f.extend([extra, val.as_str()]);
+        fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &f)), want);
+    }
+    std::fs::remove_file(world.join("items.jsonl")).unwrap();
+    fails(lavic(&base_args(&world, &base, &tmp.path().join("o3"), &flags)), "no items.jsonl");
+}

@@ -14,6 +14,7 @@ mod eval;
 mod eval_metrics;
 mod progress;
 mod prompt_cmd;
+mod train_attributes;
 mod train_base;
 mod train_cmd;
 mod train_data;

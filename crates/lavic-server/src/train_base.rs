@@ -24,7 +24,7 @@ use lavic_train::linear::Ctx;
 use lavic_train::optim::{AdamWConfig, Schedule};
 use lavic_train::save::save_full;
 use lavic_train::stage0::{examples, read_lines, Stage0Filter, Stage0Line};
-use lavic_train::trainer::{TrainConfig, Trainer};
+use lavic_train::trainer::{Objective, TrainConfig, Trainer};
 use serde_json::json;
 
 use crate::describe::{self, DescribeSettings};
@@ -171,9 +171,17 @@ pub struct BaseArgs {
     /// Items per batched generation pass.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub describe_batch: u64,
+    /// Train only the vision tower and projector, with one classification head per visual
+    /// attribute (`look` in the world's `items.jsonl`: kind, colours, pattern, detail) over each
+    /// image's pooled patch features, instead of the stage-0 questions (lavic-train's
+    /// `attributes`). Every item of the world is a sample (`--splits` and `--tasks` do not
+    /// apply); `--eval` items are held out and their per-attribute accuracy is reported before
+    /// and after. The heads are not saved.
+    #[arg(long)]
+    pub attributes: bool,
 }
 
-fn event(v: serde_json::Value) {
+pub(crate) fn event(v: serde_json::Value) {
     eprintln!("{v}");
 }
 
@@ -182,7 +190,13 @@ fn check_paths(a: &BaseArgs) -> anyhow::Result<()> {
     if !a.world.is_dir() {
         bail!("--world {}: no such folder (write one with `lavic demo-world`)", a.world.display());
     }
-    let needed: &[&str] = if a.describe.is_some() { &["stage0.jsonl", "items.jsonl"] } else { &["stage0.jsonl"] };
+    let needed: &[&str] = if a.attributes {
+        &["items.jsonl"]
+    } else if a.describe.is_some() {
+        &["stage0.jsonl", "items.jsonl"]
+    } else {
+        &["stage0.jsonl"]
+    };
     for f in needed {
         if !a.world.join(f).is_file() {
             bail!("--world {}: no {f} in it (is it a `lavic demo-world` folder?)", a.world.display());
@@ -236,6 +250,9 @@ fn answers(model: &FullModel, lines: &[Stage0Line], exs: &[PatchExample], n: usi
 /// Runs `lavic train base`.
 pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
     check_paths(a)?;
+    if a.attributes {
+        return crate::train_attributes::run(a);
+    }
     let device = lavic_model::model::parse_device(&a.device).context("--device")?;
     let model = FullModel::load(&a.base, None, &device)
         .with_context(|| format!("--base {}", a.base.display()))?
@@ -296,7 +313,7 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
 
 /// Trains up to `--steps` (resuming `--state` when it holds a run), with step lines on stderr
 /// and in `--log`.
-fn train_steps(a: &BaseArgs, model: &FullModel, train: &[PatchEncoded]) -> anyhow::Result<()> {
+pub(crate) fn train_steps<M: Objective>(a: &BaseArgs, model: &M, train: &[M::Item]) -> anyhow::Result<()> {
     let cfg = TrainConfig {
         optim: AdamWConfig { lr: a.lr, weight_decay: 0.0, ..AdamWConfig::default() },
         schedule: Schedule::Constant { warmup: a.warmup },
@@ -343,6 +360,6 @@ fn train_steps(a: &BaseArgs, model: &FullModel, train: &[PatchEncoded]) -> anyho
     Ok(())
 }
 
-fn open_log(path: Option<&Path>) -> anyhow::Result<Option<std::fs::File>> {
+pub(crate) fn open_log(path: Option<&Path>) -> anyhow::Result<Option<std::fs::File>> {
     path.map(|p| std::fs::File::create(p).with_context(|| format!("--log {}", p.display()))).transpose()
 }

@@ -12,6 +12,7 @@
 //! [`generate`] (batched greedy answers with a KV cache, e.g. the stage-1 teacher texts).
 
 mod error;
+pub mod attributes;
 pub mod checkpoint;
 pub mod decoder;
 pub mod full;

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod attributes;
 mod bad_input;
 mod checkpoint;
 mod forward;
