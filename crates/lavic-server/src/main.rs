@@ -26,6 +26,27 @@ use lavic_server::config::{unknown_env_vars, LogFormat};
 use lavic_server::{Config, Hooks, Listeners, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
+/// Keeps freed memory in the process. A training step (and a CPU forward) frees and
+/// re-allocates the same tensor buffers of up to tens of MB in every layer; glibc's malloc
+/// serves each one over its mmap threshold with a fresh `mmap` and returns it with `munmap`, so
+/// every layer page-faults its buffers in again and shoots down TLBs on every core: 35-40% of
+/// a CPU training step on our 2-core VM (perf; docs/PERFORMANCE.md). Raising the mmap threshold
+/// to its maximum (32 MiB) and the trim threshold to 1 GiB makes malloc reuse them. The process
+/// keeps its peak footprint, which it reaches again on the next step or request anyway.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes glibc's allocator parameters; it is called first thing in
+    // main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 /// LaViC visually-aware conversational recommendation over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "lavic", version, about)]
@@ -106,6 +127,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
