@@ -1,6 +1,7 @@
 //! Issue 15, the training smoke test: `scripts/train-demo.sh --smoke` (the script that rebuilds
 //! the shipped demo, on a sliver of a small world with a few steps of each stage) runs every
-//! stage with this build's `lavic`, and stage 0 (its first run), stage 1 (`lavic train distill`) and stage 2
+//! stage with this build's `lavic` (the tower-alone phase of stage 0 reports its accuracy), and
+//! stage 0 (its first question run), stage 1 (`lavic train distill`) and stage 2
 //! (`lavic train recommend`) each lower their loss on fixed data (held-out stage-0 lines; the
 //! validation items / conversations measured at step 0 and after the last step). The test split
 //! is then evaluated in both modes and by both baselines, with a result for every conversation.
@@ -52,6 +53,11 @@ fn the_demo_training_script_smoke_run_lowers_every_stage_loss() {
         events.iter().filter(|v| v["event"] == "held_out_loss").map(|v| v["loss"].as_f64().unwrap()).collect();
     assert_eq!(held.len(), 4, "{stderr}");
     assert!(held[1] < held[0], "stage 0 held-out loss {} -> {}", held[0], held[1]);
+    // Before them, the tower alone on the pre-training world (`--attributes`): the held-out
+    // items' accuracy per attribute, before and after.
+    let acc: Vec<&Value> = events.iter().filter(|v| v["event"] == "held_out_accuracy").collect();
+    assert_eq!(acc.len(), 2, "{stderr}");
+    assert_eq!(acc[1]["per_attribute"].as_object().unwrap().len(), 5, "{}", acc[1]);
     let described = events.iter().find(|v| v["event"] == "described").expect("no describe summary");
     assert!(described["summary"]["items"].as_u64().unwrap() > 0, "{described}");
 
@@ -70,7 +76,7 @@ fn the_demo_training_script_smoke_run_lowers_every_stage_loss() {
         assert_eq!(s["errors"].as_u64(), Some(0), "{name}: {s}");
     }
     let times = std::fs::read_to_string(out.join("times.tsv")).unwrap();
-    for stage in ["world", "base-a", "base-b", "distill", "recommend", "eval-free", "eval-default"] {
+    for stage in ["world", "pretrain-world", "base-vision", "base-a", "base-b", "distill", "recommend", "eval-free", "eval-default"] {
         assert!(times.lines().any(|l| l.starts_with(&format!("{stage}\t"))), "{stage} missing from times.tsv:\n{times}");
     }
 }
