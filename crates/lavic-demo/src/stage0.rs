@@ -11,7 +11,8 @@
 //! And, for train-split items only, `pick` questions over several images (multi-image
 //! instruction data, as LLaVA-NeXT's interleaved data): "Which of these products is a red
 //! striped bag?" followed by 10 candidates as `{id}: {title}` and an image each, the answer the
-//! one id that fits. A general skill of a vision-language model (refer to one of several images
+//! one id that fits. The listed ids are fresh random ones per question (`line_ids`), so that
+//! the answer must be copied from the list and cannot be recalled from the item. A general skill of a vision-language model (refer to one of several images
 //! by its label), learned here on item-side data: the questions are single generated phrases,
 //! not the world's conversations, and valid/test items never appear in them.
 
@@ -38,16 +39,17 @@ pub const COPIES_PER_ITEM: usize = 4;
 /// One question about one item's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sample {
-    /// Item id.
+    /// Item id (of a `pick` or `copy` question: the item whose listed id is the answer).
     pub id: String,
     /// The item's split (filter on it to keep valid/test items unseen).
     pub split: Split,
-    /// Task name: describe, kind, main, trim, pattern, detail, yes_no, distill, pick.
+    /// Task name: describe, kind, main, trim, pattern, detail, yes_no, distill, pick, copy.
     pub task: &'static str,
     /// The question. A one-image question is asked about `id`'s image; a `pick` question holds
     /// one [`IMAGE_MARKER`] per entry of `images`, in order.
     pub question: String,
-    /// The expected answer.
+    /// The expected answer (of a `pick` or `copy` question: the id listed for `id`, one of
+    /// the question's fresh line ids, not the catalog's).
     pub answer: String,
     /// The images of a multi-image question, in order (empty: the one image of `id`, unless
     /// `text_only`).
@@ -116,26 +118,48 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
     out
 }
 
+/// `n` distinct ASIN-shaped ids for the lines of one `pick` or `copy` question, drawn at random
+/// (`BDEMO` + 5 digits from 10000 up, so never a catalog id of a world under 10,000 items). The
+/// catalog's ids would be learnt: each train item is in dozens of questions, and a PyTorch side
+/// check (docs/DEMO.md, "The copy problem") memorised "look or title -> id" and never copied an
+/// unseen id. With fresh ids per question the only way to the answer is to copy it from the list.
+fn line_ids(n: usize, rng: &mut Rng) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::with_capacity(n);
+    while ids.len() < n {
+        let id = format!("BDEMO{}", 10_000 + rng.below(90_000));
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
 /// A `pick` question whose answer is item `gt`: attributes chosen as a seeker's are (until none of
-/// its visual twins fits), the 10 candidates chosen as a conversation's (all from `pool`).
+/// its visual twins fits), the 10 candidates chosen as a conversation's (all from `pool`), listed
+/// in LaViC's layout under fresh ids ([`line_ids`]); the answer is `gt`'s id in the list.
 fn pick(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
     let it = &catalog.items[gt];
     let twins: Vec<Look> = catalog.lines[it.line].items.iter().filter(|i| **i != gt).map(|i| catalog.items[*i].look).collect();
     let asked = choose_ask(&it.look, &twins, rng);
     let np = noun_phrase(&it.look, &asked, rng);
     let cands = candidates(catalog, pool, gt, &asked, rng);
+    let ids = line_ids(cands.len(), rng);
     let mut question = format!("Which of these products is {np}?\n\nCandidates:\n");
-    for c in &cands {
-        let c = &catalog.items[*c];
-        question.push_str(&format!("{}: {}\n{IMAGE_MARKER}\n", c.id, c.title));
+    let mut answer = String::new();
+    for (c, id) in cands.iter().zip(&ids) {
+        question.push_str(&format!("{id}: {}\n{IMAGE_MARKER}\n", catalog.items[*c].title));
+        if *c == gt {
+            answer = id.clone();
+        }
     }
     let images = cands.iter().map(|c| catalog.items[*c].id.clone()).collect();
-    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer: it.id.clone(), images, text_only: false }
+    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer, images, text_only: false }
 }
 
-/// A text-only `copy` question: 10 candidates as `{id}: {title}` lines (LaViC's layout without
-/// the images), the answer the id of the one whose title is asked for (no other candidate has
-/// it). It teaches the decoder to find a line and copy its id digit by digit, cheaply.
+/// A text-only `copy` question: 10 candidates as `{id}: {title}` lines under fresh ids
+/// ([`line_ids`]; LaViC's layout without the images), the answer the id of the one whose title
+/// is asked for (no other candidate has it). It teaches the decoder to find a line and copy its
+/// id digit by digit, cheaply.
 fn copy(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
     let it = &catalog.items[gt];
     let mut others: Vec<usize> = pool.iter().copied().filter(|i| catalog.items[*i].title != it.title).collect();
@@ -143,18 +167,32 @@ fn copy(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
     let mut cands: Vec<usize> = others.into_iter().take(crate::dialogue::NUM_CANDIDATES - 1).collect();
     cands.push(gt);
     rng.shuffle(&mut cands);
+    let ids = line_ids(cands.len(), rng);
     let mut question = format!("Which of these products is the {}?\n\nCandidates:\n", it.title);
-    for c in &cands {
-        let c = &catalog.items[*c];
-        question.push_str(&format!("{}: {}\n", c.id, c.title));
+    let mut answer = String::new();
+    for (c, id) in cands.iter().zip(&ids) {
+        question.push_str(&format!("{id}: {}\n", catalog.items[*c].title));
+        if *c == gt {
+            answer = id.clone();
+        }
     }
-    Sample { id: it.id.clone(), split: it.split, task: "copy", question, answer: it.id.clone(), images: Vec::new(), text_only: true }
+    Sample { id: it.id.clone(), split: it.split, task: "copy", question, answer, images: Vec::new(), text_only: true }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::items::{generate, CatalogConfig};
+
+    /// The distinct ids at the start of a question's candidate lines, in order.
+    fn listed_ids(question: &str) -> Vec<String> {
+        let ids: Vec<String> = question.lines().filter_map(|l| l.split_once(": ")).map(|(id, _)| id.to_string()).filter(|id| id.starts_with("BDEMO")).collect();
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ids.len(), "{question}");
+        ids
+    }
 
     #[test]
     fn answers_follow_the_truth_and_yes_no_is_balanced() {
@@ -178,23 +216,31 @@ mod tests {
             // other candidate of its kind and line fits the attributes the question names.
             assert_eq!(p.images.len(), 10, "{}", p.question);
             assert_eq!(p.question.matches(IMAGE_MARKER).count(), 10);
-            assert!(p.images.contains(&p.answer) && p.id == p.answer);
+            assert!(p.images.contains(&p.id));
+            // Listed under fresh ids, none a catalog id; the answer is the ground truth's.
+            let listed = listed_ids(&p.question);
+            assert_eq!(listed.len(), 10, "{}", p.question);
+            assert!(listed.iter().all(|i| !by_id.contains_key(i.as_str())), "{}", p.question);
+            let k = p.images.iter().position(|i| *i == p.id).unwrap();
+            assert_eq!(listed[k], p.answer);
             assert!(p.images.iter().all(|i| by_id[i.as_str()].split == Split::Train));
-            let gt = by_id[p.answer.as_str()];
+            let gt = by_id[p.id.as_str()];
             assert!(p.question.contains(gt.look.kind.noun()), "{}", p.question);
-            for other in p.images.iter().filter(|i| **i != p.answer).map(|i| by_id[i.as_str()]) {
+            for other in p.images.iter().filter(|i| **i != p.id).map(|i| by_id[i.as_str()]) {
                 assert!(other.look != gt.look, "two candidates look the same: {}", p.question);
             }
         }
         assert_eq!(copies.len(), COPIES_PER_ITEM * train);
         for q in &copies {
             // Ten lines, no image; exactly one carries the asked title, and it is the answer's.
-            let gt = by_id[q.answer.as_str()];
+            let gt = by_id[q.id.as_str()];
             assert!(q.text_only && q.images.is_empty() && !q.question.contains(IMAGE_MARKER));
-            let lines: Vec<&str> = q.question.lines().filter(|l| l.starts_with("BDEMO") || by_id.keys().any(|k| l.starts_with(k))).collect();
+            let lines: Vec<&str> = q.question.lines().filter(|l| l.starts_with("BDEMO")).collect();
             assert_eq!(lines.len(), 10, "{}", q.question);
+            let listed = listed_ids(&q.question);
+            assert!(listed.iter().all(|i| !by_id.contains_key(i.as_str())), "{}", q.question);
             let with_title: Vec<&&str> = lines.iter().filter(|l| l.ends_with(&format!(": {}", gt.title))).collect();
-            assert_eq!(with_title, [&format!("{}: {}", gt.id, gt.title).as_str()], "{}", q.question);
+            assert_eq!(with_title, [&format!("{}: {}", q.answer, gt.title).as_str()], "{}", q.question);
             assert!(q.question.starts_with(&format!("Which of these products is the {}?", gt.title)));
         }
         let mut yes = 0;

@@ -158,12 +158,18 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
                 assert_eq!(s["answer"], it["description"]);
             }
             "copy" => {
-                assert_eq!(s["answer"], s["id"]);
+                // The answer is the id listed before the asked item's title (fresh ids, not the
+                // catalog's).
+                let line = format!("{}: {}\n", s["answer"].as_str().unwrap(), it["title"].as_str().unwrap());
+                assert!(s["question"].as_str().unwrap().contains(&line), "{s}");
+                assert!(!items.contains_key(s["answer"].as_str().unwrap()));
                 assert_eq!(s["text_only"], true);
                 assert!(s.get("images").is_none());
             }
             "pick" => {
-                assert_eq!(s["answer"], s["id"]);
+                let line = format!("{}: {}\n<image>\n", s["answer"].as_str().unwrap(), it["title"].as_str().unwrap());
+                assert!(s["question"].as_str().unwrap().contains(&line), "{s}");
+                assert!(!items.contains_key(s["answer"].as_str().unwrap()));
                 let imgs = s["images"].as_array().unwrap();
                 assert!(imgs.iter().all(|i| items[i.as_str().unwrap()]["split"] == "train") && imgs.contains(&s["id"]));
             }

@@ -348,7 +348,7 @@ fn a_pick_line_is_one_example_over_its_ten_images_in_marker_order() {
     for (l, e) in lines.iter().zip(&ex) {
         assert_eq!(l.images.len(), 10);
         assert!(e.prompt.starts_with(&l.question) && e.prompt.ends_with("\nAssistant:"), "{}", e.prompt);
-        assert_eq!(e.target, l.id);
+        assert_eq!(e.target, l.answer);
         // Image k is the views of the k-th listed id.
         for (id, v) in l.images.iter().zip(&e.images) {
             assert_eq!(max_abs(v, &item_views(&s.world, id, &model.anyres).unwrap()), 0.0, "{id}");
