@@ -41,7 +41,7 @@ pub struct AttributeObjective<'a> {
 const TRAINED: [&str; 2] = ["vision_tower.", "multi_modal_projector."];
 
 impl<'a> AttributeObjective<'a> {
-    /// Heads of `sizes[i]` values each (zero-initialised weights: every head starts at the
+    /// Heads of `sizes[i]` values each (weights N(0, 1e-3), biases 0: every head starts near the
     /// uniform guess), over `model`'s tower and projector. The trainable set is the tower's and
     /// projector's tensors of `model` (shared: training updates the model) and the heads.
     pub fn new(model: &'a FullModel, sizes: &[usize]) -> Result<Self> {
