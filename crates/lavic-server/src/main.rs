@@ -29,8 +29,9 @@ use tracing_subscriber::EnvFilter;
 /// Keeps freed memory in the process. A training step (and a CPU forward) frees and
 /// re-allocates the same tensor buffers of up to tens of MB in every layer; glibc's malloc
 /// serves each one over its mmap threshold with a fresh `mmap` and returns it with `munmap`, so
-/// every layer page-faults its buffers in again and shoots down TLBs on every core: 35-40% of
-/// a CPU training step on our 2-core VM (perf; docs/PERFORMANCE.md). Raising the mmap threshold
+/// every layer page-faults its buffers in again and shoots down TLBs on every core: about a
+/// fifth of a CPU training step on our 2-core VM in perf; the stage-2 step went from 4.77 to
+/// 3.70 s (median, docs/PERFORMANCE.md "Allocator"). Raising the mmap threshold
 /// to its maximum (32 MiB) and the trim threshold to 1 GiB makes malloc reuse them. The process
 /// keeps its peak footprint, which it reaches again on the next step or request anyway.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

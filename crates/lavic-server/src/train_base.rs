@@ -360,6 +360,6 @@ pub(crate) fn train_steps<M: Objective>(a: &BaseArgs, model: &M, train: &[M::Ite
     Ok(())
 }
 
-pub(crate) fn open_log(path: Option<&Path>) -> anyhow::Result<Option<std::fs::File>> {
+fn open_log(path: Option<&Path>) -> anyhow::Result<Option<std::fs::File>> {
     path.map(|p| std::fs::File::create(p).with_context(|| format!("--log {}", p.display()))).transpose()
 }
