@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::DType;
 use lavic_train::attributes::{AttributeExample, AttributeObjective};
 use lavic_train::full::FullModel;
 use lavic_train::save::save_full;
@@ -17,7 +16,7 @@ use lavic_train::stage0::item_views;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::train_base::{event, train_steps, BaseArgs, SaveDtype};
+use crate::train_base::{event, train_steps, BaseArgs};
 
 #[derive(Deserialize)]
 struct ItemLook {
@@ -89,11 +88,7 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
     accuracy("before")?;
     train_steps(a, &objective, train)?;
     accuracy("after")?;
-    let dtype = match a.dtype {
-        SaveDtype::F32 => DType::F32,
-        SaveDtype::F16 => DType::F16,
-    };
-    let saved = save_full(&model, &a.out, dtype)?;
+    let saved = save_full(&model, &a.out, a.dtype.dtype())?;
     event(json!({"event": "saved", "out": a.out.display().to_string(), "tensors": saved.tensors, "bytes": saved.bytes}));
     Ok(())
 }

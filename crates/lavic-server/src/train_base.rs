@@ -84,6 +84,16 @@ pub enum SaveDtype {
     F16,
 }
 
+impl SaveDtype {
+    /// The candle dtype the weights are saved in.
+    pub fn dtype(self) -> DType {
+        match self {
+            SaveDtype::F32 => DType::F32,
+            SaveDtype::F16 => DType::F16,
+        }
+    }
+}
+
 /// Flags of `lavic train base`.
 #[derive(Debug, Clone, Args)]
 pub struct BaseArgs {
@@ -290,11 +300,7 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
         event(json!({"event": "held_out_loss", "when": "after", "loss": mean_loss(&model, held)?, "train_s": t0.elapsed().as_secs_f64()}));
         answers(&model, &lines[cut..], &held_ex, a.answers)?;
     }
-    let dtype = match a.dtype {
-        SaveDtype::F32 => DType::F32,
-        SaveDtype::F16 => DType::F16,
-    };
-    let saved = save_full(&model, &a.out, dtype)?;
+    let saved = save_full(&model, &a.out, a.dtype.dtype())?;
     event(
         json!({"event": "saved", "out": a.out.display().to_string(), "tensors": saved.tensors, "trained": saved.trained, "bytes": saved.bytes}),
     );
