@@ -91,7 +91,9 @@ stage base-vision "$LAVIC" train base --attributes --device "$DEVICE" --world "$
 #   b: every task: the descriptions (also in LaViC's stage-1 prompt) and the multi-image pick
 #      questions too, batch 16 (a pick is ~230 tokens); saved in f16 (what ships), then every
 #      item's own greedy description in LaViC's stage-1 prompt, the stage-1 teacher where it
-#      names every true attribute.
+#      names every true attribute. --recite: each image token of a pick question also predicts
+#      a digit of the id its image is listed under (the id must reach the image's own positions
+#      before an answer can find it there by what the image shows; docs/DEMO.md "Recitation").
 SHORT=main,trim,pattern,kind,detail,yes_no
 base_phase() {
   local name=$1 from=$2 to=$3 steps=$4; shift 4
@@ -99,7 +101,7 @@ base_phase() {
     "${BASE_ARGS[@]}" --pool 4 --readout 1 --lr 5e-4 --log "$OUT/base-$name.log" --log-every 25 "$@"
 }
 base_phase a "$OUT/base-v" "$OUT/base-a" "$((BASE_STEPS_A))" --batch $BATCH_A --tasks $SHORT --warmup 20
-base_phase b "$OUT/base-a" "$OUT/model" "$((BASE_STEPS_B))" --batch $BATCH_B --warmup 10 --dtype f16 --describe "$OUT/teacher.jsonl"
+base_phase b "$OUT/base-a" "$OUT/model" "$((BASE_STEPS_B))" --batch $BATCH_B --warmup 10 --dtype f16 --recite --describe "$OUT/teacher.jsonl"
 cp "$OUT/teacher.jsonl.summary.json" "$OUT/results/teacher.summary.json"
 
 # Stage 1 (LaViC self-distillation): vision tower + projector LoRA, the language model frozen.

@@ -268,6 +268,9 @@ fn train_base_attributes_trains_the_tower_alone_and_saves_the_language_model_unc
         f.extend([extra, val.as_str()]);
         fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &f)), want);
     }
+    let mut f = flags.to_vec();
+    f.push("--recite");
+    fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &f)), "do not apply");
     std::fs::remove_file(world.join("items.jsonl")).unwrap();
     fails(lavic(&base_args(&world, &base, &tmp.path().join("o3"), &flags)), "no items.jsonl");
 }

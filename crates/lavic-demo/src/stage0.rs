@@ -58,6 +58,10 @@ pub struct Sample {
     /// A question without any image (`copy`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub text_only: bool,
+    /// Of a `pick` question: the id each image is listed under, in the order of `images` (what
+    /// `lavic train base --recite` teaches each image's tokens to recite).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listed: Vec<String>,
 }
 
 fn options(items: &[&str]) -> String {
@@ -80,7 +84,7 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
         let kind = l.kind.noun();
         let trim = l.detail.trim();
         let mut push = |task: &'static str, question: String, answer: String| {
-            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer, images: Vec::new(), text_only: false });
+            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer, images: Vec::new(), text_only: false, listed: Vec::new() });
         };
         push("describe", "Describe the product in the image.".into(), it.description.clone());
         push("kind", "What kind of product is this?".into(), format!("{} {kind}", article(kind)));
@@ -105,6 +109,7 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
             answer: it.description.clone(),
             images: vec![it.id.clone()],
             text_only: false,
+            listed: Vec::new(),
         });
         if it.split == Split::Train {
             for _ in 0..PICKS_PER_ITEM {
@@ -153,7 +158,7 @@ fn pick(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
         }
     }
     let images = cands.iter().map(|c| catalog.items[*c].id.clone()).collect();
-    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer, images, text_only: false }
+    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer, images, text_only: false, listed: ids }
 }
 
 /// A text-only `copy` question: 10 candidates as `{id}: {title}` lines under fresh ids
@@ -176,7 +181,7 @@ fn copy(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
             answer = id.clone();
         }
     }
-    Sample { id: it.id.clone(), split: it.split, task: "copy", question, answer, images: Vec::new(), text_only: true }
+    Sample { id: it.id.clone(), split: it.split, task: "copy", question, answer, images: Vec::new(), text_only: true, listed: Vec::new() }
 }
 
 #[cfg(test)]
@@ -220,6 +225,8 @@ mod tests {
             // Listed under fresh ids, none a catalog id; the answer is the ground truth's.
             let listed = listed_ids(&p.question);
             assert_eq!(listed.len(), 10, "{}", p.question);
+            // `listed` names each image's line id, in image order.
+            assert_eq!(p.listed, listed);
             assert!(listed.iter().all(|i| !by_id.contains_key(i.as_str())), "{}", p.question);
             let k = p.images.iter().position(|i| *i == p.id).unwrap();
             assert_eq!(listed[k], p.answer);
@@ -234,7 +241,7 @@ mod tests {
         for q in &copies {
             // Ten lines, no image; exactly one carries the asked title, and it is the answer's.
             let gt = by_id[q.id.as_str()];
-            assert!(q.text_only && q.images.is_empty() && !q.question.contains(IMAGE_MARKER));
+            assert!(q.text_only && q.images.is_empty() && q.listed.is_empty() && !q.question.contains(IMAGE_MARKER));
             let lines: Vec<&str> = q.question.lines().filter(|l| l.starts_with("BDEMO")).collect();
             assert_eq!(lines.len(), 10, "{}", q.question);
             let listed = listed_ids(&q.question);

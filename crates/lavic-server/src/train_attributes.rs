@@ -46,8 +46,8 @@ fn read_looks(world: &Path) -> anyhow::Result<Vec<ItemLook>> {
 
 /// Runs the attribute phase of `lavic train base`.
 pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
-    if a.state.is_some() || a.describe.is_some() || a.readout > 0.0 {
-        bail!("--attributes trains the tower alone: --state, --describe and --readout do not apply");
+    if a.state.is_some() || a.describe.is_some() || a.readout > 0.0 || a.recite {
+        bail!("--attributes trains the tower alone: --state, --describe, --readout and --recite do not apply");
     }
     let device = lavic_model::model::parse_device(&a.device).context("--device")?;
     let model = FullModel::load(&a.base, None, &device)

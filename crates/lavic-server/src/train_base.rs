@@ -189,6 +189,12 @@ pub struct BaseArgs {
     /// and after. The heads are not saved.
     #[arg(long)]
     pub attributes: bool,
+    /// Id recitation on multi-image (`pick`) lines: each image token also predicts a token of
+    /// the id its image is listed under (the line's `listed`; view v the id's token 1 + v), in
+    /// the same mean as the answer tokens (lavic-train's `FullModel::encode_reciting`). The
+    /// held-out loss and answers stay the plain ones.
+    #[arg(long)]
+    pub recite: bool,
 }
 
 pub(crate) fn event(v: serde_json::Value) {
@@ -286,11 +292,13 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
     let cut = lines.len() - a.eval;
     let train_ex = examples(&a.world, &lines[..cut], &model.anyres)?;
     let held_ex = examples(&a.world, &lines[cut..], &model.anyres)?;
-    let encode = |exs: &[PatchExample]| exs.iter().map(|e| model.encode(e)).collect::<Result<Vec<_>, _>>();
-    let (train, held) = (encode(&train_ex)?, encode(&held_ex)?);
+    let encode = |exs: &[PatchExample], recite: bool| {
+        exs.iter().map(|e| if recite { model.encode_reciting(e) } else { model.encode(e) }).collect::<Result<Vec<_>, _>>()
+    };
+    let (train, held) = (encode(&train_ex, a.recite)?, encode(&held_ex, false)?);
     let (train, held) = (&train[..], &held[..]);
     event(json!({"event": "data", "stage": "base", "train": train.len(), "held_out": held.len(), "lines": cut,
-        "parameters": model.params().numel(), "patch_tokens": model.patch_tokens(), "readout": a.readout, "encode_s": t0.elapsed().as_secs_f64()}));
+        "parameters": model.params().numel(), "patch_tokens": model.patch_tokens(), "readout": a.readout, "recite": a.recite, "encode_s": t0.elapsed().as_secs_f64()}));
     if !held.is_empty() {
         event(json!({"event": "held_out_loss", "when": "before", "loss": mean_loss(&model, held)?}));
     }

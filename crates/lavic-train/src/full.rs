@@ -53,6 +53,9 @@ pub struct PatchExample {
     pub target: String,
     /// Pixel views per image.
     pub images: Vec<Tensor>,
+    /// The id each image is listed under (empty, or one per image): recited by
+    /// [`FullModel::encode_reciting`].
+    pub listed: Vec<String>,
 }
 
 /// A tokenised [`PatchExample`] with each image token expanded to its patch block.
@@ -298,6 +301,38 @@ impl FullModel {
         ids.push(eos);
         labels.push(eos as i64);
         Ok(PatchEncoded { ids, labels, blocks, images: ex.images.clone() })
+    }
+
+    /// [`Self::encode`], plus id recitation (`lavic train base --recite`, the stand-in base's
+    /// pre-training aid for LaViC's copy step): each image token of a multi-image example
+    /// predicts one token of the id its image is listed under (`ex.listed`), as that id is
+    /// tokenised in an answer; view `v` recites token `1 + v mod (n - 1)` of the id's `n` tokens
+    /// (its varying part when the first token is a shared prefix such as `BDEMO`; token 0 when
+    /// `n` is 1). So the listed id flows into the image's own positions, where the answer can
+    /// later find it by what the image shows. An example without `listed` is encoded as
+    /// [`Self::encode`] does.
+    pub fn encode_reciting(&self, ex: &PatchExample) -> Result<PatchEncoded> {
+        let mut enc = self.encode(ex)?;
+        if ex.listed.is_empty() {
+            return Ok(enc);
+        }
+        if ex.listed.len() != enc.blocks.len() {
+            return Err(Error::Input(format!("{} listed ids for {} images", ex.listed.len(), enc.blocks.len())));
+        }
+        let prefix = self.tokenizer.encode(ANSWER_PREFIX)?.len();
+        let per_view = self.patch_tokens() / NUM_VIEWS;
+        for (&block, id) in enc.blocks.iter().zip(&ex.listed) {
+            let full = self.tokenizer.encode(&format!("{ANSWER_PREFIX}{id}"))?;
+            let tokens = full.get(prefix..).filter(|t| !t.is_empty()).ok_or_else(|| Error::Input(format!("listed id {id:?} has no token")))?;
+            for v in 0..NUM_VIEWS {
+                let t = if tokens.len() == 1 { tokens[0] } else { tokens[1 + v % (tokens.len() - 1)] };
+                // Position p predicts label p + 1 (see `target_rows`).
+                for p in block + v * per_view..block + (v + 1) * per_view {
+                    enc.labels[p + 1] = t as i64;
+                }
+            }
+        }
+        Ok(enc)
     }
 
     /// Projected patch features `[M, patch_tokens, text hidden]` of `M` images' views

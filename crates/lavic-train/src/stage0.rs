@@ -33,6 +33,10 @@ pub struct Stage0Line {
     /// A question without any image: the prompt is the question and `\nAssistant:`.
     #[serde(default)]
     pub text_only: bool,
+    /// A multi-image question's line ids, one per image in `images` order (what each image's
+    /// tokens recite under [`crate::full::FullModel::encode_reciting`]).
+    #[serde(default)]
+    pub listed: Vec<String>,
 }
 
 /// Which lines to read.
@@ -95,12 +99,21 @@ pub fn examples<'a>(world: &Path, lines: &'a [Stage0Line], anyres: &AnyResConfig
             Ok(v)
         };
         let ex = if l.text_only {
-            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images: Vec::new() }
+            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images: Vec::new(), listed: Vec::new() }
         } else if l.images.is_empty() {
-            PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![view(&l.id)?] }
+            PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![view(&l.id)?], listed: Vec::new() }
         } else {
             let images = l.images.iter().map(|id| view(id)).collect::<Result<Vec<_>>>()?;
-            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images }
+            if !l.listed.is_empty() && l.listed.len() != images.len() {
+                return Err(Error::Input(format!(
+                    "stage-0 line of {} ({}): {} listed ids for {} images",
+                    l.id,
+                    l.task,
+                    l.listed.len(),
+                    images.len()
+                )));
+            }
+            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images, listed: l.listed.clone() }
         };
         out.push(ex);
     }

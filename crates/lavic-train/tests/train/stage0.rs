@@ -386,3 +386,54 @@ fn text_only_copy_lines_train_alone_with_zero_gradients_for_the_vision_side() {
     let r = t.step(&enc).unwrap();
     assert!(r.loss.is_finite() && r.tokens > 0);
 }
+
+#[test]
+fn recitation_makes_each_image_token_predict_a_digit_of_its_listed_id() {
+    let s = sliver();
+    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap();
+    let tok = lavic_model::LavicTokenizer::from_file(&s.base.join("tokenizer.json")).unwrap();
+    let lines = task_lines(&s.world, "pick", 2);
+    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    let per_view = model.patch_tokens() / 5;
+    assert_eq!(per_view, 4);
+    for (l, e) in lines.iter().zip(&ex) {
+        assert_eq!(e.listed, l.listed);
+        assert_eq!(l.listed.len(), 10);
+        let plain = model.encode(e).unwrap();
+        let rec = model.encode_reciting(e).unwrap();
+        assert_eq!(rec.ids, plain.ids);
+        assert_eq!(rec.blocks, plain.blocks);
+        let mut changed = vec![false; rec.labels.len()];
+        for (&b, id) in rec.blocks.iter().zip(&l.listed) {
+            // The id's own line precedes its image: "{id}: {title}\n<image>".
+            assert!(e.prompt.contains(&format!("{id}: ")), "{id}");
+            assert_eq!(rec.labels[b], -100, "the token before an image recites nothing");
+            for v in 0..5 {
+                for p in b + v * per_view..b + (v + 1) * per_view {
+                    let t = rec.labels[p + 1];
+                    assert!(t >= 0);
+                    // View v recites the id's (v + 1)-th token: BDEMO, then one digit each.
+                    assert_eq!(tok.decode(&[t as u32], false).unwrap(), id[5 + v..6 + v], "{id} view {v}");
+                    changed[p + 1] = true;
+                }
+            }
+        }
+        // Every other label is the plain encoding's: the answer and </s> stay supervised.
+        for (i, (a, b)) in rec.labels.iter().zip(&plain.labels).enumerate() {
+            if !changed[i] {
+                assert_eq!(a, b, "label {i}");
+            }
+        }
+        assert_eq!(rec.target_tokens(), plain.target_tokens() + 10 * model.patch_tokens());
+        // The loss covers the recited tokens too.
+        let n = |e: &PatchEncoded| model.loss_sum(std::slice::from_ref(e), &mut Ctx::eval()).unwrap().1;
+        assert_eq!(n(&rec), rec.target_tokens());
+    }
+    // A line without listed ids encodes as plain; a wrong count is an error naming both counts.
+    let mut e = ex[0].clone();
+    e.listed.clear();
+    assert_eq!(model.encode_reciting(&e).unwrap().labels, model.encode(&e).unwrap().labels);
+    e.listed = vec!["BDEMO12345".into(); 3];
+    let err = model.encode_reciting(&e).unwrap_err().to_string();
+    assert!(err.contains("3 listed ids for 10 images"), "{err}");
+}
