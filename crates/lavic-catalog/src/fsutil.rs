@@ -76,6 +76,9 @@ pub(crate) fn remove_unreferenced(dir: &Path, keep: &[&str]) {
     }
 }
 
+/// How long [`DirLock::acquire`] retries a held lock before it reports [`Error::Busy`].
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Exclusive writer lock of a catalog folder. Held by builds, merges and each upsert/delete;
 /// readers never take it. The kernel drops it when the process exits, even when killed.
 #[derive(Debug)]
@@ -85,8 +88,25 @@ pub(crate) struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock or fails at once with [`Error::Busy`].
+    /// Takes the lock, or fails with [`Error::Busy`] when it stays held for [`LOCK_WAIT`].
+    ///
+    /// The short wait is not for other writers (they hold it for a whole build or upsert) but
+    /// for `flock`'s sharing: a child process forked by any thread of this process (a spawned
+    /// `redis-server`, a hook) holds a copy of every open descriptor until it execs, so a lock
+    /// this process has just dropped can stay taken for that moment. Seen once in CI under load
+    /// as `Busy` on an upsert right after another (`tests/redis/backend.rs`).
     pub fn acquire(dir: &Path) -> Result<Self> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::try_acquire(dir) {
+                Err(Error::Busy(_)) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes the lock or fails at once with [`Error::Busy`].
+    fn try_acquire(dir: &Path) -> Result<Self> {
         let path = dir.join(LOCK);
         let file = OpenOptions::new()
             .create(true)
@@ -138,6 +158,23 @@ mod tests {
         assert!(matches!(DirLock::acquire(d.path()), Err(Error::Busy(_))));
         drop(l);
         DirLock::acquire(d.path()).unwrap();
+    }
+
+    #[test]
+    fn a_lock_released_within_the_wait_is_taken_and_one_held_longer_is_busy() {
+        let d = tempfile::tempdir().unwrap();
+        // Held by a copy of the descriptor (as a forked child holds it until exec), released
+        // after 100 ms: acquire waits for it.
+        let l = DirLock::acquire(d.path()).unwrap();
+        let copy = l._file.try_clone().unwrap();
+        drop(l);
+        assert!(matches!(DirLock::try_acquire(d.path()), Err(Error::Busy(_))), "the copy keeps the lock");
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(copy);
+        });
+        DirLock::acquire(d.path()).unwrap();
+        t.join().unwrap();
     }
 
     #[test]
