@@ -328,6 +328,9 @@ impl FullModel {
                 let t = if tokens.len() == 1 { tokens[0] } else { tokens[1 + v % (tokens.len() - 1)] };
                 // Position p predicts label p + 1 (see `target_rows`).
                 for p in block + v * per_view..block + (v + 1) * per_view {
+                    if enc.labels[p + 1] != IGNORE {
+                        return Err(Error::Input(format!("the image listed as {id} is directly followed by the answer")));
+                    }
                     enc.labels[p + 1] = t as i64;
                 }
             }

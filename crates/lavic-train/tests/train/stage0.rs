@@ -436,4 +436,14 @@ fn recitation_makes_each_image_token_predict_a_digit_of_its_listed_id() {
     e.listed = vec!["BDEMO12345".into(); 3];
     let err = model.encode_reciting(&e).unwrap_err().to_string();
     assert!(err.contains("3 listed ids for 10 images"), "{err}");
+    // An image right before the answer would lose an answer label to recitation: refused.
+    let e = lavic_train::full::PatchExample {
+        prompt: "Which one?\n<image>".into(),
+        target: "BDEMO12345".into(),
+        images: vec![ex[0].images[0].clone()],
+        listed: vec!["BDEMO12345".into()],
+    };
+    model.encode(&e).unwrap();
+    let err = model.encode_reciting(&e).unwrap_err().to_string();
+    assert!(err.contains("BDEMO12345 is directly followed by the answer"), "{err}");
 }
