@@ -5,6 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{is_own_file, LOCK};
@@ -77,7 +78,7 @@ pub(crate) fn remove_unreferenced(dir: &Path, keep: &[&str]) {
 }
 
 /// How long [`DirLock::acquire`] retries a held lock before it reports [`Error::Busy`].
-pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// Exclusive writer lock of a catalog folder. Held by builds, merges and each upsert/delete;
 /// readers never take it. The kernel drops it when the process exits, even when killed.
@@ -96,10 +97,10 @@ impl DirLock {
     /// this process has just dropped can stay taken for that moment. Seen once in CI under load
     /// as `Busy` on an upsert right after another (`tests/redis/backend.rs`).
     pub fn acquire(dir: &Path) -> Result<Self> {
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match Self::try_acquire(dir) {
-                Err(Error::Busy(_)) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(Error::Busy(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 other => return other,
             }
         }
@@ -170,7 +171,7 @@ mod tests {
         drop(l);
         assert!(matches!(DirLock::try_acquire(d.path()), Err(Error::Busy(_))), "the copy keeps the lock");
         let t = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
             drop(copy);
         });
         DirLock::acquire(d.path()).unwrap();
