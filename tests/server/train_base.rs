@@ -230,6 +230,34 @@ fn train_base_bad_input_is_a_clear_error() {
     fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &["--steps", "0", "--eval", "0"])), "stage0.jsonl line 1");
 }
 
+/// `quiz` lines (a list, then several questions, each answered) train with recitation and match
+/// flags, and `--eval-every` reports the held-out loss and teacher-forced answers during the run.
+#[test]
+fn train_base_on_quiz_lines_with_aids_reports_held_out_answers_every_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, base) = sliver(tmp.path());
+    let out = tmp.path().join("out");
+    let flags = [
+        "--tasks", "quiz", "--limit", "6", "--eval", "2", "--steps", "4", "--batch", "2", "--pool", "4", "--recite", "--match-flag",
+        "--eval-every", "2", "--answers", "1",
+    ];
+    let ev = events(&ok(lavic(&base_args(&world, &base, &out, &flags))));
+    let data = ev.iter().find(|v| v["event"] == "data").unwrap();
+    assert_eq!((data["recite"].as_bool(), data["match_flag"].as_bool(), data["train"].as_u64()), (Some(true), Some(true), Some(4)));
+    let evals: Vec<&Value> = ev.iter().filter(|v| v["event"] == "held_out_loss" && v["when"] == "step").collect();
+    assert_eq!(evals.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4]);
+    for v in &evals {
+        assert!(v["loss"].as_f64().unwrap().is_finite());
+        for k in ["teacher_forced_exact", "teacher_forced_tokens"] {
+            let x = v[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{k} {x}");
+        }
+    }
+    let answers: Vec<&Value> = ev.iter().filter(|v| v["event"] == "answer").collect();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["task"], "quiz");
+}
+
 /// `--attributes`: the tower and projector learn the items' looks through heads that are not
 /// saved; the language model's tensors are saved unchanged; flags that do not apply are refused.
 #[test]
@@ -268,9 +296,11 @@ fn train_base_attributes_trains_the_tower_alone_and_saves_the_language_model_unc
         f.extend([extra, val.as_str()]);
         fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &f)), want);
     }
-    let mut f = flags.to_vec();
-    f.push("--recite");
-    fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &f)), "do not apply");
+    for extra in [["--recite", ""], ["--match-flag", ""], ["--eval-every", "2"]] {
+        let mut f = flags.to_vec();
+        f.extend(extra.iter().filter(|x| !x.is_empty()));
+        fails(lavic(&base_args(&world, &base, &tmp.path().join("o2"), &f)), "do not apply");
+    }
     std::fs::remove_file(world.join("items.jsonl")).unwrap();
     fails(lavic(&base_args(&world, &base, &tmp.path().join("o3"), &flags)), "no items.jsonl");
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::dialogue::{candidates, choose_ask, noun_phrase};
 use crate::items::{Catalog, Split};
 use crate::rng::Rng;
-use crate::vocab::{article, Colour, Look};
+use crate::vocab::{article, Attribute, Colour, Look};
 
 /// The image marker of a multi-image question (the base tokenizer's `<image>` added token).
 pub const IMAGE_MARKER: &str = "<image>";
@@ -35,6 +35,21 @@ pub const PICKS_PER_ITEM: usize = 2;
 
 /// `copy` questions per train-split item.
 pub const COPIES_PER_ITEM: usize = 4;
+
+/// `quiz` lines per train-split item.
+pub const QUIZZES_PER_ITEM: usize = 2;
+
+/// Questions of a `quiz` line (fewer where fewer candidates have a look of their own).
+pub const QUIZ_QUESTIONS: usize = 5;
+
+/// A follow-up question of a `quiz` line, and its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Turn {
+    /// The question (the prompt adds `\nAssistant:`).
+    pub question: String,
+    /// The listed id of the one candidate that fits.
+    pub answer: String,
+}
 
 /// One question about one item's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,6 +77,9 @@ pub struct Sample {
     /// `lavic train base --recite` teaches each image's tokens to recite).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listed: Vec<String>,
+    /// Of a `quiz` line: the follow-up questions about the same list, each answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<Turn>,
 }
 
 fn options(items: &[&str]) -> String {
@@ -77,6 +95,7 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
     let mut rng = Rng::stream(seed, "stage0");
     let mut picks = Rng::stream(seed, "stage0-pick");
     let mut copies = Rng::stream(seed, "stage0-copy");
+    let mut quizzes = Rng::stream(seed, "stage0-quiz");
     let train: Vec<usize> = (0..catalog.items.len()).filter(|i| catalog.items[*i].split == Split::Train).collect();
     let mut out = Vec::with_capacity(catalog.items.len() * (7 + PICKS_PER_ITEM));
     for (index, it) in catalog.items.iter().enumerate() {
@@ -84,7 +103,7 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
         let kind = l.kind.noun();
         let trim = l.detail.trim();
         let mut push = |task: &'static str, question: String, answer: String| {
-            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer, images: Vec::new(), text_only: false, listed: Vec::new() });
+            out.push(Sample { id: it.id.clone(), split: it.split, task, question, answer, images: Vec::new(), text_only: false, listed: Vec::new(), turns: Vec::new() });
         };
         push("describe", "Describe the product in the image.".into(), it.description.clone());
         push("kind", "What kind of product is this?".into(), format!("{} {kind}", article(kind)));
@@ -110,6 +129,7 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
             images: vec![it.id.clone()],
             text_only: false,
             listed: Vec::new(),
+            turns: Vec::new(),
         });
         if it.split == Split::Train {
             for _ in 0..PICKS_PER_ITEM {
@@ -117,6 +137,9 @@ pub fn samples(seed: u64, catalog: &Catalog) -> Vec<Sample> {
             }
             for _ in 0..COPIES_PER_ITEM {
                 out.push(copy(catalog, &train, index, &mut copies));
+            }
+            for _ in 0..QUIZZES_PER_ITEM {
+                out.push(quiz(catalog, &train, index, &mut quizzes).0);
             }
         }
     }
@@ -158,7 +181,50 @@ fn pick(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
         }
     }
     let images = cands.iter().map(|c| catalog.items[*c].id.clone()).collect();
-    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer, images, text_only: false, listed: ids }
+    Sample { id: it.id.clone(), split: it.split, task: "pick", question, answer, images, text_only: false, listed: ids, turns: Vec::new() }
+}
+
+/// A `quiz` line: the 10 candidates of a `pick` question for `gt` listed first (`Candidates:`,
+/// then `{id}: {title}` and an image each, under fresh ids), then up to [`QUIZ_QUESTIONS`]
+/// questions about different candidates, each answered with its listed id: `gt` first (the
+/// line's `question` ends with it), then others in `turns`. Each question's attributes are
+/// chosen as a seeker's are, until no other listed item fits; a candidate that looks exactly
+/// like another is never asked about. Several answered questions over one list give the copy
+/// step several times the signal of a `pick` line for the same images (docs/DEMO.md, "The fourth
+/// session": with five, the copy formed in a side check where one did not). Also returns each
+/// question's asked attributes, in order.
+fn quiz(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> (Sample, Vec<Vec<Attribute>>) {
+    let it = &catalog.items[gt];
+    let twins: Vec<Look> = catalog.lines[it.line].items.iter().filter(|i| **i != gt).map(|i| catalog.items[*i].look).collect();
+    let asked = choose_ask(&it.look, &twins, rng);
+    let cands = candidates(catalog, pool, gt, &asked, rng);
+    let ids = line_ids(cands.len(), rng);
+    let mut question = String::from("Candidates:\n");
+    for (c, id) in cands.iter().zip(&ids) {
+        question.push_str(&format!("{id}: {}\n{IMAGE_MARKER}\n", catalog.items[*c].title));
+    }
+    let looks: Vec<Look> = cands.iter().map(|c| catalog.items[*c].look).collect();
+    let ask = |k: usize, asked: &[Attribute], rng: &mut Rng| {
+        format!("Which of these products is {}?", noun_phrase(&looks[k], asked, rng))
+    };
+    let g = cands.iter().position(|c| *c == gt).unwrap_or_default();
+    question.push_str(&ask(g, &asked, rng));
+    let mut all_asked = vec![asked];
+    let mut others: Vec<usize> = (0..cands.len()).filter(|&k| k != g && looks.iter().filter(|l| **l == looks[k]).count() == 1).collect();
+    rng.shuffle(&mut others);
+    let turns = others
+        .into_iter()
+        .take(QUIZ_QUESTIONS - 1)
+        .map(|k| {
+            let rest: Vec<Look> = (0..looks.len()).filter(|&j| j != k).map(|j| looks[j]).collect();
+            let asked = choose_ask(&looks[k], &rest, rng);
+            let turn = Turn { question: ask(k, &asked, rng), answer: ids[k].clone() };
+            all_asked.push(asked);
+            turn
+        })
+        .collect();
+    let images = cands.iter().map(|c| catalog.items[*c].id.clone()).collect();
+    (Sample { id: it.id.clone(), split: it.split, task: "quiz", question, answer: ids[g].clone(), images, text_only: false, listed: ids, turns }, all_asked)
 }
 
 /// A text-only `copy` question: 10 candidates as `{id}: {title}` lines under fresh ids
@@ -181,7 +247,7 @@ fn copy(catalog: &Catalog, pool: &[usize], gt: usize, rng: &mut Rng) -> Sample {
             answer = id.clone();
         }
     }
-    Sample { id: it.id.clone(), split: it.split, task: "copy", question, answer, images: Vec::new(), text_only: true, listed: Vec::new() }
+    Sample { id: it.id.clone(), split: it.split, task: "copy", question, answer, images: Vec::new(), text_only: true, listed: Vec::new(), turns: Vec::new() }
 }
 
 #[cfg(test)]
@@ -204,6 +270,7 @@ mod tests {
         let c = generate(2, &CatalogConfig { lines_per_kind: 6, valid_lines: 1, test_lines: 1, tile: 64 });
         let all = samples(2, &c);
         assert_eq!(all, samples(2, &c));
+        let (quizzes, all): (Vec<Sample>, Vec<Sample>) = all.into_iter().partition(|x| x.task == "quiz");
         let (copies, all): (Vec<Sample>, Vec<Sample>) = all.into_iter().partition(|x| x.task == "copy");
         let (s, picks): (Vec<Sample>, Vec<Sample>) = all.into_iter().partition(|x| x.task != "pick");
         let (distill, s): (Vec<Sample>, Vec<Sample>) = s.into_iter().partition(|x| x.task == "distill");
@@ -249,6 +316,49 @@ mod tests {
             let with_title: Vec<&&str> = lines.iter().filter(|l| l.ends_with(&format!(": {}", gt.title))).collect();
             assert_eq!(with_title, [&format!("{}: {}", q.answer, gt.title).as_str()], "{}", q.question);
             assert!(q.question.starts_with(&format!("Which of these products is the {}?", gt.title)));
+        }
+        assert_eq!(quizzes.len(), QUIZZES_PER_ITEM * train);
+        let mut asked = 0;
+        for q in &quizzes {
+            // The list first (10 train-split candidates under fresh ids, `listed` in image order),
+            // then the questions; the first is about the line's item.
+            assert!(q.question.starts_with("Candidates:\n"), "{}", q.question);
+            let listed = listed_ids(&q.question);
+            assert_eq!((q.images.len(), &q.listed), (10, &listed));
+            assert_eq!(q.question.matches(IMAGE_MARKER).count(), 10);
+            assert!(listed.iter().all(|i| !by_id.contains_key(i.as_str())));
+            assert!(q.images.iter().all(|i| by_id[i.as_str()].split == Split::Train));
+            let tail = q.question.rsplit(IMAGE_MARKER).next().unwrap();
+            assert!(tail.starts_with("\nWhich of these products is ") && tail.ends_with('?'), "{tail:?}");
+            assert!(!q.turns.is_empty() && q.turns.len() < QUIZ_QUESTIONS, "{}", q.turns.len());
+            let k = q.images.iter().position(|i| *i == q.id).unwrap();
+            assert_eq!(listed[k], q.answer);
+            let mut answers = vec![q.answer.clone()];
+            asked += 1 + q.turns.len();
+            answers.extend(q.turns.iter().map(|t| t.answer.clone()));
+            let mut distinct = answers.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), answers.len(), "a candidate asked about twice");
+        }
+        assert!(asked >= quizzes.len() * 4, "{asked} questions in {} quizzes", quizzes.len());
+        // Exactly the asked candidate fits each question's attributes (kind included), and each
+        // question names its kind.
+        let pool: Vec<usize> = (0..c.items.len()).filter(|i| c.items[*i].split == Split::Train).collect();
+        let mut rng = Rng::stream(9, "test-quiz");
+        for &gt in pool.iter().take(60) {
+            let (q, asks) = quiz(&c, &pool, gt, &mut rng);
+            assert_eq!(asks.len(), 1 + q.turns.len());
+            let tail = q.question.rsplit(IMAGE_MARKER).next().unwrap().trim().to_string();
+            let questions = std::iter::once(tail).chain(q.turns.iter().map(|t| t.question.clone()));
+            let answers = std::iter::once(&q.answer).chain(q.turns.iter().map(|t| &t.answer));
+            for ((question, answer), asked) in questions.zip(answers).zip(&asks) {
+                let k = q.listed.iter().position(|id| id == answer).unwrap();
+                let target = by_id[q.images[k].as_str()].look;
+                assert!(question.contains(target.kind.noun()), "{question}");
+                let fits: Vec<usize> = (0..10).filter(|&j| target.satisfies(&by_id[q.images[j].as_str()].look, asked)).collect();
+                assert_eq!(fits, [k], "{question} ({asked:?}) in {}", q.question);
+            }
         }
         let mut yes = 0;
         for (it, chunk) in c.items.iter().zip(s.chunks(7)) {

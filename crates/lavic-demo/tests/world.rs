@@ -141,7 +141,10 @@ fn conversations_have_the_reddit_amazon_fields_and_disjoint_splits() {
     assert_eq!(manifest["summary"]["items"].as_u64().unwrap() as usize, items.len());
     let stage0 = jsonl(&out.join("stage0.jsonl"));
     let train = items.values().filter(|i| i["split"] == "train").count();
-    assert_eq!(stage0.len(), 8 * items.len() + (lavic_demo::stage0::PICKS_PER_ITEM + lavic_demo::stage0::COPIES_PER_ITEM) * train);
+    assert_eq!(
+        stage0.len(),
+        8 * items.len() + (lavic_demo::stage0::PICKS_PER_ITEM + lavic_demo::stage0::COPIES_PER_ITEM + lavic_demo::stage0::QUIZZES_PER_ITEM) * train
+    );
     for s in &stage0 {
         let it = &items[s["id"].as_str().unwrap()];
         assert_eq!(s["split"], it["split"]);

@@ -46,8 +46,8 @@ fn read_looks(world: &Path) -> anyhow::Result<Vec<ItemLook>> {
 
 /// Runs the attribute phase of `lavic train base`.
 pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
-    if a.state.is_some() || a.describe.is_some() || a.readout > 0.0 || a.recite {
-        bail!("--attributes trains the tower alone: --state, --describe, --readout and --recite do not apply");
+    if a.state.is_some() || a.describe.is_some() || a.readout > 0.0 || a.recite || a.match_flag || a.eval_every > 0 {
+        bail!("--attributes trains the tower alone: --state, --describe, --readout, --recite, --match-flag and --eval-every do not apply");
     }
     let device = lavic_model::model::parse_device(&a.device).context("--device")?;
     let model = FullModel::load(&a.base, None, &device)
@@ -86,7 +86,7 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
         "attributes": names.iter().zip(&sizes).map(|(n, s)| (n.clone(), *s)).collect::<BTreeMap<_, _>>(),
         "load_s": t0.elapsed().as_secs_f64()}));
     accuracy("before")?;
-    train_steps(a, &objective, train)?;
+    train_steps(a, &objective, train, &mut |_| Ok(()))?;
     accuracy("after")?;
     let saved = save_full(&model, &a.out, a.dtype.dtype())?;
     event(json!({"event": "saved", "out": a.out.display().to_string(), "tensors": saved.tensors, "bytes": saved.bytes}));

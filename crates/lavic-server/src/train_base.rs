@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::DType;
 use clap::{Args, ValueEnum};
-use lavic_train::full::{FullModel, PatchEncoded, PatchExample};
+use lavic_train::full::{Aids, FullModel, PatchEncoded, PatchExample};
 use lavic_train::generate::Question;
 use lavic_train::linear::Ctx;
 use lavic_train::optim::{AdamWConfig, Schedule};
@@ -64,6 +64,8 @@ pub enum TaskArg {
     Pick,
     /// The id of the listed product with a given title (text only).
     Copy,
+    /// 10 listed products, then several questions, each answered with one's id (multi-image).
+    Quiz,
 }
 
 /// `--describe-teacher`.
@@ -195,6 +197,17 @@ pub struct BaseArgs {
     /// held-out loss and answers stay the plain ones.
     #[arg(long)]
     pub recite: bool,
+    /// Match flags on multi-image (`pick`) lines: the token after each image also predicts
+    /// `yes` if its listed id is the line's answer, else `no` (lavic-train's
+    /// `FullModel::encode_aided`), in the same mean as the answer tokens. The held-out loss and
+    /// answers stay the plain ones.
+    #[arg(long)]
+    pub match_flag: bool,
+    /// Also report the held-out loss and teacher-forced answers (the share of held-out samples
+    /// whose every target token is the model's top choice, and of target tokens) every this
+    /// many steps (0: only before and after).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
 }
 
 pub(crate) fn event(v: serde_json::Value) {
@@ -246,6 +259,28 @@ fn mean_loss(model: &FullModel, data: &[PatchEncoded]) -> anyhow::Result<f64> {
     Ok(sum / n.max(1) as f64)
 }
 
+/// Teacher-forced answers of `data`: the share of samples whose every target token is the
+/// model's top choice, and the share of target tokens that are.
+fn teacher_forced(model: &FullModel, data: &[PatchEncoded]) -> anyhow::Result<(f64, f64)> {
+    let (mut exact, mut right, mut total) = (0usize, 0usize, 0usize);
+    for e in data {
+        let top: Vec<u32> = model.logits(e, &mut Ctx::eval())?.argmax(1)?.to_vec1()?;
+        // Position p predicts label p + 1.
+        let (mut all, mut n) = (true, 0);
+        for (p, &l) in e.labels.iter().enumerate().skip(1) {
+            if l >= 0 {
+                let ok = top[p - 1] as i64 == l;
+                all &= ok;
+                right += ok as usize;
+                n += 1;
+            }
+        }
+        total += n;
+        exact += (all && n > 0) as usize;
+    }
+    Ok((exact as f64 / data.len().max(1) as f64, right as f64 / total.max(1) as f64))
+}
+
 /// Greedy answers to the first `n` held-out samples, one line each, and exact matches per task.
 fn answers(model: &FullModel, lines: &[Stage0Line], exs: &[PatchExample], n: usize) -> anyhow::Result<()> {
     let n = n.min(lines.len());
@@ -292,18 +327,25 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
     let cut = lines.len() - a.eval;
     let train_ex = examples(&a.world, &lines[..cut], &model.anyres)?;
     let held_ex = examples(&a.world, &lines[cut..], &model.anyres)?;
-    let encode = |exs: &[PatchExample], recite: bool| {
-        exs.iter().map(|e| if recite { model.encode_reciting(e) } else { model.encode(e) }).collect::<Result<Vec<_>, _>>()
-    };
-    let (train, held) = (encode(&train_ex, a.recite)?, encode(&held_ex, false)?);
+    let encode = |exs: &[PatchExample], aids: Aids| exs.iter().map(|e| model.encode_aided(e, aids)).collect::<Result<Vec<_>, _>>();
+    let aids = Aids { recite: a.recite, flag: a.match_flag };
+    let (train, held) = (encode(&train_ex, aids)?, encode(&held_ex, Aids::default())?);
     let (train, held) = (&train[..], &held[..]);
     event(json!({"event": "data", "stage": "base", "train": train.len(), "held_out": held.len(), "lines": cut,
-        "parameters": model.params().numel(), "patch_tokens": model.patch_tokens(), "readout": a.readout, "recite": a.recite, "encode_s": t0.elapsed().as_secs_f64()}));
+        "parameters": model.params().numel(), "patch_tokens": model.patch_tokens(), "readout": a.readout, "recite": a.recite, "match_flag": a.match_flag, "encode_s": t0.elapsed().as_secs_f64()}));
     if !held.is_empty() {
         event(json!({"event": "held_out_loss", "when": "before", "loss": mean_loss(&model, held)?}));
     }
     let t0 = Instant::now();
-    train_steps(a, &model, train)?;
+    let mut on_eval = |step: u64| -> anyhow::Result<()> {
+        if !held.is_empty() {
+            let (exact, tokens) = teacher_forced(&model, held)?;
+            event(json!({"event": "held_out_loss", "when": "step", "step": step, "loss": mean_loss(&model, held)?,
+                "teacher_forced_exact": exact, "teacher_forced_tokens": tokens}));
+        }
+        Ok(())
+    };
+    train_steps(a, &model, train, &mut on_eval)?;
     if !held.is_empty() {
         event(json!({"event": "held_out_loss", "when": "after", "loss": mean_loss(&model, held)?, "train_s": t0.elapsed().as_secs_f64()}));
         answers(&model, &lines[cut..], &held_ex, a.answers)?;
@@ -327,7 +369,13 @@ pub fn run(a: &BaseArgs) -> anyhow::Result<()> {
 
 /// Trains up to `--steps` (resuming `--state` when it holds a run), with step lines on stderr
 /// and in `--log`.
-pub(crate) fn train_steps<M: Objective>(a: &BaseArgs, model: &M, train: &[M::Item]) -> anyhow::Result<()> {
+/// `on_eval(step)` runs every `--eval-every` steps.
+pub(crate) fn train_steps<M: Objective>(
+    a: &BaseArgs,
+    model: &M,
+    train: &[M::Item],
+    on_eval: &mut dyn FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let cfg = TrainConfig {
         optim: AdamWConfig { lr: a.lr, weight_decay: 0.0, ..AdamWConfig::default() },
         schedule: Schedule::Constant { warmup: a.warmup },
@@ -369,6 +417,9 @@ pub(crate) fn train_steps<M: Objective>(a: &BaseArgs, model: &M, train: &[M::Ite
             if step.is_multiple_of(a.save_every) || step == a.steps {
                 trainer.save_state(d)?;
             }
+        }
+        if a.eval_every > 0 && step.is_multiple_of(a.eval_every) {
+            on_eval(step)?;
         }
     }
     Ok(())

@@ -56,6 +56,19 @@ pub struct PatchExample {
     /// The id each image is listed under (empty, or one per image): recited by
     /// [`FullModel::encode_reciting`].
     pub listed: Vec<String>,
+    /// Follow-up turns after the answer, each `(prompt, target)`: `</s>` ends the previous
+    /// answer (supervised), then the turn's prompt (not supervised) and its target (supervised);
+    /// the last target is followed by `</s>` as `target` is. Text only (no image token).
+    pub turns: Vec<(String, String)>,
+}
+
+/// Stage 0's pre-training aids for LaViC's copy step ([`FullModel::encode_aided`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Aids {
+    /// Each image token recites a token of its listed id.
+    pub recite: bool,
+    /// The token after each image predicts whether its listed id is the answer.
+    pub flag: bool,
 }
 
 /// A tokenised [`PatchExample`] with each image token expanded to its patch block.
@@ -272,19 +285,51 @@ impl FullModel {
         Ok(())
     }
 
-    /// Tokenises prompt + target, expands each image token to its patch block, appends `</s>`,
-    /// and supervises the tokens after the prompt.
+    /// Tokenises prompt + target (and any follow-up turns), expands each image token to its patch
+    /// block, appends `</s>`, and supervises every target and the `</s>` after it.
     pub fn encode(&self, ex: &PatchExample) -> Result<PatchEncoded> {
         let img = self.config.image_token_index;
-        let full = self.tokenizer.encode(&format!("{}{}", ex.prompt, ex.target))?;
-        let prompt_len = self.tokenizer.encode(&ex.prompt)?.len();
-        if prompt_len > full.len() || ex.target.is_empty() {
-            return Err(Error::Input(format!("target {:?} adds no token after the prompt", ex.target)));
+        if let Some(t) = std::iter::once(&ex.target).chain(ex.turns.iter().map(|(_, t)| t)).find(|t| t.is_empty()) {
+            return Err(Error::Input(format!("target {t:?} adds no token after the prompt")));
         }
+        let eos_text = self.tokenizer.decode(&[self.tokenizer.eos_id()], false)?;
+        // Text pieces, alternately not supervised (prompts) and supervised (targets).
+        let mut pieces: Vec<String> = vec![ex.prompt.clone(), ex.target.clone()];
+        for (prompt, target) in &ex.turns {
+            if let Some(t) = pieces.last_mut() {
+                t.push_str(&eos_text);
+            }
+            pieces.push(prompt.clone());
+            pieces.push(target.clone());
+        }
+        let full = self.tokenizer.encode(&pieces.concat())?;
+        // Each piece's end in `full`; with follow-up turns, every prefix must tokenise as the
+        // start of the whole (so that each label span is exactly its piece).
+        let (mut ends, mut text) = (Vec::with_capacity(pieces.len()), String::new());
+        for (k, piece) in pieces.iter().enumerate() {
+            text.push_str(piece);
+            let end = match k + 1 == pieces.len() {
+                true => full.len(),
+                false => {
+                    let prefix = self.tokenizer.encode(&text)?;
+                    if !ex.turns.is_empty() && full.get(..prefix.len()) != Some(&prefix[..]) {
+                        return Err(Error::Input(format!("the text tokenises across the end of {piece:?}")));
+                    }
+                    prefix.len()
+                }
+            };
+            let start = ends.last().copied().unwrap_or(0);
+            if k % 2 == 1 && end <= start {
+                return Err(Error::Input(format!("target {piece:?} adds no token after the prompt")));
+            }
+            ends.push(end);
+        }
+        let prompt_len = ends[0];
         if full[prompt_len..].contains(&img) {
-            return Err(Error::Input(format!("the target {:?} holds the image token", ex.target)));
+            return Err(Error::Input(format!("a target or follow-up turn holds the image token: {:?}", &pieces[1..])));
         }
         self.check_images(&full, &ex.images)?;
+        let supervised = |i: usize| ends.iter().position(|&e| i < e).is_some_and(|k| k % 2 == 1);
         let n = self.patch_tokens();
         let (mut ids, mut labels, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
         for (i, &t) in full.iter().enumerate() {
@@ -294,7 +339,7 @@ impl FullModel {
                 labels.extend(std::iter::repeat_n(IGNORE, n));
             } else {
                 ids.push(t);
-                labels.push(if i < prompt_len { IGNORE } else { t as i64 });
+                labels.push(if supervised(i) { t as i64 } else { IGNORE });
             }
         }
         let eos = self.tokenizer.eos_id();
@@ -303,39 +348,85 @@ impl FullModel {
         Ok(PatchEncoded { ids, labels, blocks, images: ex.images.clone() })
     }
 
-    /// [`Self::encode`], plus id recitation (`lavic train base --recite`, the stand-in base's
-    /// pre-training aid for LaViC's copy step): each image token of a multi-image example
-    /// predicts one token of the id its image is listed under (`ex.listed`), as that id is
-    /// tokenised in an answer; view `v` recites token `1 + v mod (n - 1)` of the id's `n` tokens
-    /// (its varying part when the first token is a shared prefix such as `BDEMO`; token 0 when
-    /// `n` is 1). So the listed id flows into the image's own positions, where the answer can
-    /// later find it by what the image shows. An example without `listed` is encoded as
-    /// [`Self::encode`] does.
+    /// [`Self::encode`] with id recitation alone: `self.encode_aided(ex, Aids { recite: true,
+    /// flag: false })`.
     pub fn encode_reciting(&self, ex: &PatchExample) -> Result<PatchEncoded> {
+        self.encode_aided(ex, Aids { recite: true, flag: false })
+    }
+
+    /// [`Self::encode`], plus the stand-in base's pre-training aids for LaViC's copy step on a
+    /// multi-image example (`lavic train base --recite` / `--match-flag`); an example without
+    /// `listed` is encoded as [`Self::encode`] does.
+    ///
+    /// - **Recitation** (`aids.recite`): each image token predicts one token of the id its image
+    ///   is listed under (`ex.listed`), as that id is tokenised in an answer; view `v` recites
+    ///   token `1 + v mod (n - 1)` of the id's `n` tokens (its varying part when the first token
+    ///   is a shared prefix such as `BDEMO`; token 0 when `n` is 1). So the listed id flows into
+    ///   the image's own positions, where the answer can later find it by what the image shows.
+    /// - **Match flag** (`aids.flag`): the first token after each image (the newline of
+    ///   LaViC's candidate layout) predicts `yes` if that image's listed id is the answer
+    ///   (`ex.target`), else `no` (the first token of each as an answer tokenises it). With the question before the
+    ///   list, each candidate can then judge itself against the question where it stands, and
+    ///   the answer only has to find the one marked `yes`.
+    pub fn encode_aided(&self, ex: &PatchExample, aids: Aids) -> Result<PatchEncoded> {
         let mut enc = self.encode(ex)?;
-        if ex.listed.is_empty() {
+        if ex.listed.is_empty() || aids == Aids::default() {
             return Ok(enc);
         }
         if ex.listed.len() != enc.blocks.len() {
             return Err(Error::Input(format!("{} listed ids for {} images", ex.listed.len(), enc.blocks.len())));
         }
-        let prefix = self.tokenizer.encode(ANSWER_PREFIX)?.len();
-        let per_view = self.patch_tokens() / NUM_VIEWS;
-        for (&block, id) in enc.blocks.iter().zip(&ex.listed) {
-            let full = self.tokenizer.encode(&format!("{ANSWER_PREFIX}{id}"))?;
-            let tokens = full.get(prefix..).filter(|t| !t.is_empty()).ok_or_else(|| Error::Input(format!("listed id {id:?} has no token")))?;
-            for v in 0..NUM_VIEWS {
-                let t = if tokens.len() == 1 { tokens[0] } else { tokens[1 + v % (tokens.len() - 1)] };
-                // Position p predicts label p + 1 (see `target_rows`).
-                for p in block + v * per_view..block + (v + 1) * per_view {
-                    if enc.labels[p + 1] != IGNORE {
-                        return Err(Error::Input(format!("the image listed as {id} is directly followed by the answer")));
-                    }
-                    enc.labels[p + 1] = t as i64;
+        let flags = match aids.flag {
+            true => {
+                if !ex.listed.iter().any(|id| id == &ex.target) {
+                    return Err(Error::Input(format!("the answer {:?} is none of the listed ids", ex.target)));
                 }
+                let (yes, no) = (self.answer_token("yes")?, self.answer_token("no")?);
+                if yes == no {
+                    return Err(Error::Input("\"yes\" and \"no\" start with the same token".into()));
+                }
+                Some((yes, no))
+            }
+            false => None,
+        };
+        let prefix = self.tokenizer.encode(ANSWER_PREFIX)?.len();
+        let n = self.patch_tokens();
+        let per_view = n / NUM_VIEWS;
+        // Position p predicts label p + 1 (see `target_rows`); a prompt label is free to take.
+        let blocks = enc.blocks.clone();
+        let labels = &mut enc.labels;
+        let mut set = |p: usize, t: u32, id: &str| -> Result<()> {
+            match labels.get_mut(p + 1) {
+                Some(l) if *l == IGNORE => {
+                    *l = t as i64;
+                    Ok(())
+                }
+                _ => Err(Error::Input(format!("the image listed as {id} is directly followed by the answer"))),
+            }
+        };
+        for (&block, id) in blocks.iter().zip(&ex.listed) {
+            if aids.recite {
+                let full = self.tokenizer.encode(&format!("{ANSWER_PREFIX}{id}"))?;
+                let tokens = full.get(prefix..).filter(|t| !t.is_empty()).ok_or_else(|| Error::Input(format!("listed id {id:?} has no token")))?;
+                for v in 0..NUM_VIEWS {
+                    let t = if tokens.len() == 1 { tokens[0] } else { tokens[1 + v % (tokens.len() - 1)] };
+                    for p in block + v * per_view..block + (v + 1) * per_view {
+                        set(p, t, id)?;
+                    }
+                }
+            }
+            if let Some((yes, no)) = flags {
+                set(block + n, if *id == ex.target { yes } else { no }, id)?;
             }
         }
         Ok(enc)
+    }
+
+    /// The first token of `word` as an answer tokenises it (after [`ANSWER_PREFIX`]).
+    fn answer_token(&self, word: &str) -> Result<u32> {
+        let prefix = self.tokenizer.encode(ANSWER_PREFIX)?.len();
+        let full = self.tokenizer.encode(&format!("{ANSWER_PREFIX}{word}"))?;
+        full.get(prefix).copied().ok_or_else(|| Error::Input(format!("{word:?} has no token after {ANSWER_PREFIX:?}")))
     }
 
     /// Projected patch features `[M, patch_tokens, text hidden]` of `M` images' views

@@ -37,6 +37,19 @@ pub struct Stage0Line {
     /// tokens recite under [`crate::full::FullModel::encode_reciting`]).
     #[serde(default)]
     pub listed: Vec<String>,
+    /// Follow-up questions about the same prompt, each answered (a `quiz` line): after the
+    /// answer, `</s>`, then each turn's question, `\nAssistant:` and its answer.
+    #[serde(default)]
+    pub turns: Vec<Turn>,
+}
+
+/// A follow-up question of a [`Stage0Line`] and its answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Turn {
+    /// The question.
+    pub question: String,
+    /// The answer.
+    pub answer: String,
 }
 
 /// Which lines to read.
@@ -85,7 +98,8 @@ pub fn item_views(world: &Path, id: &str, anyres: &AnyResConfig) -> Result<Tenso
 /// Stage-0 examples of `lines`: prompt [`stage0_prompt`]`(question)`, target the answer,
 /// directly after `Assistant:` as in LaViC's stage-1 prompt, and the item's views.
 /// A multi-image line (`images`) is its question with one `<image>` per image, then
-/// `\nAssistant:` (the question carries its own markers).
+/// `\nAssistant:` (the question carries its own markers). Follow-up `turns` become
+/// `(question + "\nAssistant:", answer)` pairs.
 pub fn examples<'a>(world: &Path, lines: &'a [Stage0Line], anyres: &AnyResConfig) -> Result<Vec<PatchExample>> {
     let mut views: HashMap<&'a str, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(lines.len());
@@ -98,10 +112,11 @@ pub fn examples<'a>(world: &Path, lines: &'a [Stage0Line], anyres: &AnyResConfig
             views.insert(id, v.clone());
             Ok(v)
         };
+        let turns: Vec<(String, String)> = l.turns.iter().map(|t| (format!("{}{ANSWER_PREFIX}", t.question), t.answer.clone())).collect();
         let ex = if l.text_only {
-            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images: Vec::new(), listed: Vec::new() }
+            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images: Vec::new(), listed: Vec::new(), turns }
         } else if l.images.is_empty() {
-            PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![view(&l.id)?], listed: Vec::new() }
+            PatchExample { prompt: stage0_prompt(&l.question), target: l.answer.clone(), images: vec![view(&l.id)?], listed: Vec::new(), turns }
         } else {
             let images = l.images.iter().map(|id| view(id)).collect::<Result<Vec<_>>>()?;
             if !l.listed.is_empty() && l.listed.len() != images.len() {
@@ -113,7 +128,7 @@ pub fn examples<'a>(world: &Path, lines: &'a [Stage0Line], anyres: &AnyResConfig
                     images.len()
                 )));
             }
-            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images, listed: l.listed.clone() }
+            PatchExample { prompt: format!("{}{ANSWER_PREFIX}", l.question), target: l.answer.clone(), images, listed: l.listed.clone(), turns }
         };
         out.push(ex);
     }

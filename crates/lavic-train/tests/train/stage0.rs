@@ -11,7 +11,7 @@ use lavic_demo::base::{write_base, BaseConfig};
 use lavic_demo::{generate, write, CatalogConfig, WorldConfig};
 use lavic_model::{LavicModel, LoadOptions};
 use lavic_train::save::save_full;
-use lavic_train::full::{FullModel, PatchEncoded};
+use lavic_train::full::{Aids, FullModel, PatchEncoded};
 use lavic_train::linear::Ctx;
 use lavic_train::optim::{AdamWConfig, Schedule};
 use lavic_train::stage0::{examples, item_views, read_lines, Stage0Filter, Stage0Line};
@@ -442,8 +442,116 @@ fn recitation_makes_each_image_token_predict_a_digit_of_its_listed_id() {
         target: "BDEMO12345".into(),
         images: vec![ex[0].images[0].clone()],
         listed: vec!["BDEMO12345".into()],
+        turns: Vec::new(),
     };
     model.encode(&e).unwrap();
     let err = model.encode_reciting(&e).unwrap_err().to_string();
     assert!(err.contains("BDEMO12345 is directly followed by the answer"), "{err}");
+}
+
+#[test]
+fn match_flags_make_the_token_after_each_image_say_whether_it_is_the_answer() {
+    let s = sliver();
+    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap();
+    let tok = lavic_model::LavicTokenizer::from_file(&s.base.join("tokenizer.json")).unwrap();
+    let lines = task_lines(&s.world, "pick", 2);
+    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    let n = model.patch_tokens();
+    let flag = Aids { recite: false, flag: true };
+    let both = Aids { recite: true, flag: true };
+    for (l, e) in lines.iter().zip(&ex) {
+        let plain = model.encode(e).unwrap();
+        let flagged = model.encode_aided(e, flag).unwrap();
+        assert_eq!(flagged.ids, plain.ids);
+        let mut changed = vec![false; plain.labels.len()];
+        let mut yes = 0;
+        for (&b, id) in flagged.blocks.iter().zip(&l.listed) {
+            // The token after the image (position b + n) predicts the flag: label b + n + 1.
+            let t = flagged.labels[b + n + 1];
+            assert!(t >= 0, "{id}");
+            let word = tok.decode(&[t as u32], false).unwrap();
+            // The first piece of "yes" / "no" as an answer (the sliver's tokenizer may split them).
+            let want = if *id == l.answer { "yes" } else { "no" };
+            assert!(!word.trim().is_empty() && want.starts_with(word.trim()), "{id}: {word:?} for {want}");
+            yes += want.starts_with('y') as usize;
+            changed[b + n + 1] = true;
+        }
+        assert_eq!(yes, 1, "exactly the answer's image is flagged yes");
+        for (i, (a, b)) in flagged.labels.iter().zip(&plain.labels).enumerate() {
+            if !changed[i] {
+                assert_eq!(a, b, "label {i}");
+            }
+        }
+        assert_eq!(flagged.target_tokens(), plain.target_tokens() + 10);
+        // With recitation too, the two sets of labels do not overlap: both are there.
+        let rec = model.encode_reciting(e).unwrap();
+        let all = model.encode_aided(e, both).unwrap();
+        assert_eq!(all.target_tokens(), rec.target_tokens() + 10);
+        for (i, l) in all.labels.iter().enumerate() {
+            assert_eq!(*l, if changed[i] { flagged.labels[i] } else { rec.labels[i] }, "label {i}");
+        }
+        // Off: the plain encoding.
+        assert_eq!(model.encode_aided(e, Aids::default()).unwrap().labels, plain.labels);
+    }
+    // An answer that is none of the listed ids is an error naming it.
+    let mut e = ex[0].clone();
+    e.target = "BDEMO00000".into();
+    let err = model.encode_aided(&e, flag).unwrap_err().to_string();
+    assert!(err.contains("\"BDEMO00000\" is none of the listed ids"), "{err}");
+}
+
+#[test]
+fn quiz_lines_supervise_every_answer_and_its_end_and_no_question() {
+    let s = sliver();
+    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(4).unwrap();
+    let tok = lavic_model::LavicTokenizer::from_file(&s.base.join("tokenizer.json")).unwrap();
+    let lines = task_lines(&s.world, "quiz", 3);
+    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    let eos = tok.eos_id() as i64;
+    for (l, e) in lines.iter().zip(&ex) {
+        assert!(!l.turns.is_empty());
+        assert_eq!(e.turns.len(), l.turns.len());
+        assert!(e.turns.iter().zip(&l.turns).all(|((p, t), turn)| *p == format!("{}\nAssistant:", turn.question) && *t == turn.answer));
+        let enc = model.encode(e).unwrap();
+        // The supervised spans, in order: each answer then `</s>`; nothing else.
+        let mut spans: Vec<Vec<u32>> = vec![Vec::new()];
+        for (i, &lab) in enc.labels.iter().enumerate() {
+            if lab >= 0 {
+                assert_eq!(lab, enc.ids[i] as i64, "a label is its own token");
+                spans.last_mut().unwrap().push(lab as u32);
+                if lab == eos {
+                    spans.push(Vec::new());
+                }
+            }
+        }
+        assert!(spans.pop().unwrap().is_empty());
+        let want: Vec<&str> = std::iter::once(l.answer.as_str()).chain(l.turns.iter().map(|t| t.answer.as_str())).collect();
+        let got: Vec<String> = spans.iter().map(|s| tok.decode(s, true).unwrap().trim().to_string()).collect();
+        assert_eq!(got, want);
+        assert_eq!(enc.blocks.len(), 10);
+        // The list and the first question are encoded as without the follow-ups.
+        let first = lavic_train::full::PatchExample { turns: Vec::new(), ..e.clone() };
+        let alone = model.encode(&first).unwrap();
+        let n = alone.ids.len() - 1;
+        assert_eq!(enc.ids[..n], alone.ids[..n]);
+        assert_eq!(enc.labels[..n], alone.labels[..n]);
+        assert_eq!(enc.ids[n], tok.eos_id());
+        // Every follow-up question is there, unsupervised.
+        let text = tok.decode(&enc.ids, false).unwrap();
+        for t in &l.turns {
+            assert!(text.contains(&t.question), "{}", t.question);
+        }
+        // Recitation and match flags still apply to the images.
+        let aided = model.encode_aided(e, Aids { recite: true, flag: true }).unwrap();
+        assert_eq!(aided.target_tokens(), enc.target_tokens() + 10 * 5 + 10);
+    }
+    // A follow-up that holds an image token, or adds no token, is an error.
+    let mut e = ex[0].clone();
+    e.turns[0].0 = format!("Which?\n<image>\n{}", e.turns[0].0);
+    let err = model.encode(&e).unwrap_err().to_string();
+    assert!(err.contains("holds the image token"), "{err}");
+    let mut e = ex[0].clone();
+    e.turns[0].1 = String::new();
+    let err = model.encode(&e).unwrap_err().to_string();
+    assert!(err.contains("adds no token"), "{err}");
 }
