@@ -376,12 +376,13 @@ impl FullModel {
         if ex.listed.len() != enc.blocks.len() {
             return Err(Error::Input(format!("{} listed ids for {} images", ex.listed.len(), enc.blocks.len())));
         }
+        let prefix = self.tokenizer.encode(ANSWER_PREFIX)?.len();
         let flags = match aids.flag {
             true => {
                 if !ex.listed.iter().any(|id| id == &ex.target) {
                     return Err(Error::Input(format!("the answer {:?} is none of the listed ids", ex.target)));
                 }
-                let (yes, no) = (self.answer_token("yes")?, self.answer_token("no")?);
+                let (yes, no) = (self.answer_tokens("yes", prefix)?[0], self.answer_tokens("no", prefix)?[0]);
                 if yes == no {
                     return Err(Error::Input("\"yes\" and \"no\" start with the same token".into()));
                 }
@@ -389,7 +390,6 @@ impl FullModel {
             }
             false => None,
         };
-        let prefix = self.tokenizer.encode(ANSWER_PREFIX)?.len();
         let n = self.patch_tokens();
         let per_view = n / NUM_VIEWS;
         // Position p predicts label p + 1 (see `target_rows`); a prompt label is free to take.
@@ -406,8 +406,7 @@ impl FullModel {
         };
         for (&block, id) in blocks.iter().zip(&ex.listed) {
             if aids.recite {
-                let full = self.tokenizer.encode(&format!("{ANSWER_PREFIX}{id}"))?;
-                let tokens = full.get(prefix..).filter(|t| !t.is_empty()).ok_or_else(|| Error::Input(format!("listed id {id:?} has no token")))?;
+                let tokens = self.answer_tokens(id, prefix)?;
                 for v in 0..NUM_VIEWS {
                     let t = if tokens.len() == 1 { tokens[0] } else { tokens[1 + v % (tokens.len() - 1)] };
                     for p in block + v * per_view..block + (v + 1) * per_view {
@@ -422,11 +421,14 @@ impl FullModel {
         Ok(enc)
     }
 
-    /// The first token of `word` as an answer tokenises it (after [`ANSWER_PREFIX`]).
-    fn answer_token(&self, word: &str) -> Result<u32> {
-        let prefix = self.tokenizer.encode(ANSWER_PREFIX)?.len();
-        let full = self.tokenizer.encode(&format!("{ANSWER_PREFIX}{word}"))?;
-        full.get(prefix).copied().ok_or_else(|| Error::Input(format!("{word:?} has no token after {ANSWER_PREFIX:?}")))
+    /// The tokens of `text` as an answer tokenises it (after [`ANSWER_PREFIX`], whose own token
+    /// count is `prefix`); an error if there are none.
+    fn answer_tokens(&self, text: &str, prefix: usize) -> Result<Vec<u32>> {
+        let full = self.tokenizer.encode(&format!("{ANSWER_PREFIX}{text}"))?;
+        match full.get(prefix..) {
+            Some(t) if !t.is_empty() => Ok(t.to_vec()),
+            _ => Err(Error::Input(format!("{text:?} has no token after {ANSWER_PREFIX:?}"))),
+        }
     }
 
     /// Projected patch features `[M, patch_tokens, text hidden]` of `M` images' views

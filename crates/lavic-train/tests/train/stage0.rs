@@ -11,7 +11,7 @@ use lavic_demo::base::{write_base, BaseConfig};
 use lavic_demo::{generate, write, CatalogConfig, WorldConfig};
 use lavic_model::{LavicModel, LoadOptions};
 use lavic_train::save::save_full;
-use lavic_train::full::{Aids, FullModel, PatchEncoded};
+use lavic_train::full::{Aids, FullModel, PatchEncoded, PatchExample};
 use lavic_train::linear::Ctx;
 use lavic_train::optim::{AdamWConfig, Schedule};
 use lavic_train::stage0::{examples, item_views, read_lines, Stage0Filter, Stage0Line};
@@ -387,13 +387,20 @@ fn text_only_copy_lines_train_alone_with_zero_gradients_for_the_vision_side() {
     assert!(r.loss.is_finite() && r.tokens > 0);
 }
 
+/// A sliver world, its base pooled `pool x pool`, its tokenizer, the first `n` train lines of
+/// `task` and their examples (the sliver's folder lives as long as the first value).
+fn aid_setup(task: &str, n: usize, pool: usize) -> (Sliver, FullModel, lavic_model::LavicTokenizer, Vec<Stage0Line>, Vec<PatchExample>) {
+    let s = sliver();
+    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(pool).unwrap();
+    let tok = lavic_model::LavicTokenizer::from_file(&s.base.join("tokenizer.json")).unwrap();
+    let lines = task_lines(&s.world, task, n);
+    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    (s, model, tok, lines, ex)
+}
+
 #[test]
 fn recitation_makes_each_image_token_predict_a_digit_of_its_listed_id() {
-    let s = sliver();
-    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap();
-    let tok = lavic_model::LavicTokenizer::from_file(&s.base.join("tokenizer.json")).unwrap();
-    let lines = task_lines(&s.world, "pick", 2);
-    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    let (_s, model, tok, lines, ex) = aid_setup("pick", 2, 2);
     let per_view = model.patch_tokens() / 5;
     assert_eq!(per_view, 4);
     for (l, e) in lines.iter().zip(&ex) {
@@ -451,11 +458,7 @@ fn recitation_makes_each_image_token_predict_a_digit_of_its_listed_id() {
 
 #[test]
 fn match_flags_make_the_token_after_each_image_say_whether_it_is_the_answer() {
-    let s = sliver();
-    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(2).unwrap();
-    let tok = lavic_model::LavicTokenizer::from_file(&s.base.join("tokenizer.json")).unwrap();
-    let lines = task_lines(&s.world, "pick", 2);
-    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    let (_s, model, tok, lines, ex) = aid_setup("pick", 2, 2);
     let n = model.patch_tokens();
     let flag = Aids { recite: false, flag: true };
     let both = Aids { recite: true, flag: true };
@@ -502,11 +505,7 @@ fn match_flags_make_the_token_after_each_image_say_whether_it_is_the_answer() {
 
 #[test]
 fn quiz_lines_supervise_every_answer_and_its_end_and_no_question() {
-    let s = sliver();
-    let model = FullModel::load(&s.base, None, &Device::Cpu).unwrap().with_pool(4).unwrap();
-    let tok = lavic_model::LavicTokenizer::from_file(&s.base.join("tokenizer.json")).unwrap();
-    let lines = task_lines(&s.world, "quiz", 3);
-    let ex = examples(&s.world, &lines, &model.anyres).unwrap();
+    let (_s, model, tok, lines, ex) = aid_setup("quiz", 3, 4);
     let eos = tok.eos_id() as i64;
     for (l, e) in lines.iter().zip(&ex) {
         assert!(!l.turns.is_empty());
